@@ -1,0 +1,389 @@
+"""The configuration: one immutable, typed value built once from YAML and the environment.
+
+`load_config()` is the only way in. Every key is optional; unknown keys and bad values raise
+`ConfigError` naming the key (`listen.port`). Nothing below the CLI reads the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import yaml
+from yarl import URL
+
+from proxy.errors import ConfigError
+
+DEFAULT_TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+# The standard Vault variables fill these keys when the file leaves them unset.
+VAULT_ENV = {
+    "VAULT_ADDR": ("vault", "address"),
+    "VAULT_NAMESPACE": ("vault", "namespace"),
+    "VAULT_CACERT": ("vault", "ca_cert"),
+    "VAULT_TOKEN": ("vault", "auth", "token"),
+}
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_grace: float = 20.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    header: str = "X-Tenant-ID"
+    pattern: re.Pattern[str] = re.compile(DEFAULT_TENANT_PATTERN)
+    default: str | None = None
+    max_tenants: int = 10_000
+
+
+@dataclass(frozen=True)
+class CredentialsConfig:
+    source: Literal["vault", "file"] = "vault"
+    file: Path | None = None
+    ttl: float = 300.0
+    negative_ttl: float = 30.0
+
+
+@dataclass(frozen=True)
+class VaultAuthConfig:
+    method: Literal["token", "kubernetes", "approle"] = "token"
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    role: str | None = None
+    jwt_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    role_id: str | None = None
+    secret_id_file: Path | None = None
+    mount: str | None = None
+
+    def __repr__(self) -> str:
+        token = "<redacted>" if self.token else None
+        return (
+            f"VaultAuthConfig(method={self.method!r}, token={token!r}, "
+            f"token_file={self.token_file!r}, role={self.role!r}, mount={self.mount!r})"
+        )
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    address: str = "http://127.0.0.1:8200"
+    namespace: str | None = None
+    ca_cert: Path | None = None
+    kv_mount: str = "secret"
+    kv_version: Literal[1, 2] = 2
+    path: str = "genesys/tenants/{tenant}"
+    auth: VaultAuthConfig = VaultAuthConfig()
+
+
+@dataclass(frozen=True)
+class GenesysConfig:
+    api_url: str = "https://api.{domain}"
+    login_url: str = "https://login.{domain}"
+    ca_file: Path | None = None
+    refresh_at: float = 0.8
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig = ListenConfig()
+    admin: AdminConfig = AdminConfig()
+    tenant: TenantConfig = TenantConfig()
+    credentials: CredentialsConfig = CredentialsConfig()
+    vault: VaultConfig = VaultConfig()
+    genesys: GenesysConfig = GenesysConfig()
+    log: LogConfig = LogConfig()
+    local_token_endpoint: bool = True
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (or only the defaults when None), fill Vault keys from `env`, validate."""
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError("--config", f"{path} is not valid YAML{line}") from exc
+        if data is None:
+            data = {}
+    return parse_config(data, env or {})
+
+
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from an already-parsed mapping (the YAML document)."""
+    root = _Section(data, "")
+    env = env or {}
+    vault_data = root.section("vault")
+    for var, keys in VAULT_ENV.items():
+        value = env.get(var)
+        if value:
+            _fill_default(vault_data, keys[1:], value)
+
+    listen = root.section("listen")
+    admin = root.section("admin")
+    tenant = root.section("tenant")
+    creds = root.section("credentials")
+    auth = vault_data.section("auth")
+    genesys = root.section("genesys")
+    log = root.section("log")
+
+    config = Config(
+        listen=ListenConfig(
+            host=listen.string("host", ListenConfig.host),
+            port=listen.port("port", ListenConfig.port),
+            max_body_bytes=listen.integer("max_body_bytes", ListenConfig.max_body_bytes, low=0),
+            shutdown_grace=listen.number("shutdown_grace", ListenConfig.shutdown_grace, low=0),
+        ),
+        admin=AdminConfig(
+            host=admin.string("host", AdminConfig.host),
+            port=admin.port("port", AdminConfig.port),
+            token_file=admin.path("token_file"),
+        ),
+        tenant=TenantConfig(
+            header=tenant.header_name("header", TenantConfig.header),
+            pattern=tenant.regex("pattern", DEFAULT_TENANT_PATTERN),
+            default=tenant.optional_string("default"),
+            max_tenants=tenant.integer("max_tenants", TenantConfig.max_tenants, low=1),
+        ),
+        credentials=CredentialsConfig(
+            source=creds.choice("source", ("vault", "file"), "vault"),
+            file=creds.path("file"),
+            ttl=creds.number("ttl", CredentialsConfig.ttl, low=0),
+            negative_ttl=creds.number("negative_ttl", CredentialsConfig.negative_ttl, low=0),
+        ),
+        vault=VaultConfig(
+            address=vault_data.url("address", VaultConfig.address),
+            namespace=vault_data.optional_string("namespace"),
+            ca_cert=vault_data.path("ca_cert"),
+            kv_mount=vault_data.string("kv_mount", VaultConfig.kv_mount).strip("/"),
+            kv_version=cast(Literal[1, 2], vault_data.choice("kv_version", (1, 2), 2)),
+            path=vault_data.template("path", VaultConfig.path, "tenant"),
+            auth=VaultAuthConfig(
+                method=auth.choice("method", ("token", "kubernetes", "approle"), "token"),
+                token=auth.optional_string("token"),
+                token_file=auth.path("token_file"),
+                role=auth.optional_string("role"),
+                jwt_file=auth.path("jwt_file") or VaultAuthConfig.jwt_file,
+                role_id=auth.optional_string("role_id"),
+                secret_id_file=auth.path("secret_id_file"),
+                mount=auth.optional_string("mount"),
+            ),
+        ),
+        genesys=GenesysConfig(
+            api_url=genesys.url_template("api_url", GenesysConfig.api_url),
+            login_url=genesys.url_template("login_url", GenesysConfig.login_url),
+            ca_file=genesys.path("ca_file"),
+            refresh_at=genesys.number("refresh_at", GenesysConfig.refresh_at, low=0.05, high=0.95),
+            timeout=genesys.number("timeout", GenesysConfig.timeout, low=0.001),
+            connect_timeout=genesys.number(
+                "connect_timeout", GenesysConfig.connect_timeout, low=0.001
+            ),
+        ),
+        log=LogConfig(
+            level=log.choice("level", ("debug", "info", "warning", "error"), "info"),
+            format=log.choice("format", ("text", "json"), "text"),
+        ),
+        local_token_endpoint=root.boolean("local_token_endpoint", True),
+    )
+    for section in (root, listen, admin, tenant, creds, vault_data, auth, genesys, log):
+        section.reject_unknown()
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    if config.credentials.source == "file" and config.credentials.file is None:
+        raise ConfigError("credentials.file", "is required when credentials.source is 'file'")
+    auth = config.vault.auth
+    if config.credentials.source == "vault":
+        if auth.method == "kubernetes" and not auth.role:
+            raise ConfigError("vault.auth.role", "is required for the kubernetes auth method")
+        if auth.method == "approle" and not (auth.role_id and auth.secret_id_file):
+            key = "vault.auth.role_id" if not auth.role_id else "vault.auth.secret_id_file"
+            raise ConfigError(key, "is required for the approle auth method")
+    if config.tenant.default is not None and not config.tenant.pattern.fullmatch(
+        config.tenant.default
+    ):
+        raise ConfigError("tenant.default", "does not match tenant.pattern")
+
+
+def _fill_default(section: _Section, keys: tuple[str, ...], value: str) -> None:
+    for key in keys[:-1]:
+        section = section.section(key)
+    section.set_default(keys[-1], value)
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """One mapping of the YAML document; remembers which keys were read, to reject the rest."""
+
+    def __init__(self, data: Any, prefix: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(prefix or "<root>", "must be a mapping")
+        self._data: dict[str, Any] = dict(data)
+        self._prefix = prefix
+        self._seen: set[str] = set()
+        self._children: dict[str, _Section] = {}
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def set_default(self, name: str, value: Any) -> None:
+        if self._data.get(name) is None:
+            self._data[name] = value
+
+    def section(self, name: str) -> _Section:
+        if name not in self._children:
+            self._seen.add(name)
+            self._children[name] = _Section(self._data.get(name), self.key(name))
+        return self._children[name]
+
+    def reject_unknown(self) -> None:
+        for name in self._data:
+            if not isinstance(name, str) or name not in self._seen:
+                raise ConfigError(self.key(str(name)), "unknown key")
+
+    def _get(self, name: str) -> Any:
+        self._seen.add(name)
+        return self._data.get(name)
+
+    def _typed(self, name: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
+        value = self._get(name)
+        if value is None:
+            return None
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            raise ConfigError(self.key(name), f"must be {what}, not {type(value).__name__}")
+        return cast(T, value)
+
+    def string(self, name: str, default: str) -> str:
+        value = self.optional_string(name)
+        if value is None:
+            return default
+        if not value:
+            raise ConfigError(self.key(name), "must not be empty")
+        return value
+
+    def optional_string(self, name: str) -> str | None:
+        value = self._typed(name, str, "a string")
+        return value if value else None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._typed(name, bool, "true or false")
+        return default if value is None else value
+
+    def integer(self, name: str, default: int, *, low: int | None = None) -> int:
+        value = self._typed(name, int, "an integer")
+        if value is None:
+            return default
+        if low is not None and value < low:
+            raise ConfigError(self.key(name), f"must be at least {low}, not {value}")
+        return value
+
+    def number(self, name: str, default: float, *, low: float, high: float | None = None) -> float:
+        value = self._typed(name, (int, float), "a number")
+        if value is None:
+            return default
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigError(self.key(name), f"must be {bounds}, not {value}")
+        return float(value)
+
+    def port(self, name: str, default: int) -> int:
+        value = self.integer(name, default)
+        if not 0 <= value <= 65535:
+            raise ConfigError(self.key(name), f"must be a port number 0-65535, not {value}")
+        return value
+
+    def path(self, name: str) -> Path | None:
+        value = self.optional_string(name)
+        return Path(value) if value else None
+
+    def choice(self, name: str, options: tuple[Any, ...], default: Any) -> Any:
+        value = self._get(name)
+        if value is None:
+            return default
+        if value not in options or isinstance(value, bool):
+            allowed = " | ".join(str(o) for o in options)
+            raise ConfigError(self.key(name), f"must be one of {allowed}, not {value!r}")
+        return value
+
+    def header_name(self, name: str, default: str) -> str:
+        value = self.string(name, default)
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ConfigError(self.key(name), f"{value!r} is not a valid HTTP header name")
+        if value.lower() in {"authorization", "host", "content-length", "transfer-encoding"}:
+            raise ConfigError(self.key(name), f"{value!r} cannot carry the tenant")
+        return value
+
+    def regex(self, name: str, default: str) -> re.Pattern[str]:
+        value = self.string(name, default)
+        try:
+            return re.compile(value)
+        except re.error as exc:
+            raise ConfigError(self.key(name), f"is not a valid regular expression: {exc}") from exc
+
+    def template(self, name: str, default: str, placeholder: str) -> str:
+        value = self.string(name, default)
+        try:
+            value.format_map({placeholder: "x"})
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ConfigError(
+                self.key(name), f"may only use the {{{placeholder}}} placeholder"
+            ) from exc
+        if f"{{{placeholder}}}" not in value:
+            raise ConfigError(self.key(name), f"must contain {{{placeholder}}}")
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.string(name, default)
+        _check_url(self.key(name), value, shown=value)
+        return value.rstrip("/")
+
+    def url_template(self, name: str, default: str) -> str:
+        value = self.template(name, default, "domain")
+        _check_url(self.key(name), value.format(domain="mypurecloud.com"), shown=value)
+        return value.rstrip("/")
+
+
+def _check_url(key: str, value: str, *, shown: str) -> None:
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise ConfigError(key, f"{shown!r} is not a URL") from exc
+    if url.scheme not in ("http", "https"):
+        raise ConfigError(key, f"{shown!r} needs an http:// or https:// scheme")
+    if not url.host:
+        raise ConfigError(key, f"{shown!r} has no host")
+    if url.query_string or url.fragment:
+        raise ConfigError(key, f"{shown!r} must not have a query or fragment")

@@ -1,0 +1,125 @@
+"""The project's exceptions, in one tree.
+
+    Exception
+    ├── ConfigError                      a config file, CLI argument or env value is bad (exit 2)
+    └── ProxyError                       answered to the app as JSON + `X-Proxy-Error`
+        ├── MissingTenant                400 missing_tenant
+        ├── InvalidTenant                400 invalid_tenant
+        ├── BadRequest                   400 bad_request
+        ├── UnknownTenant                404 unknown_tenant
+        ├── TenantForbidden              403 tenant_forbidden
+        ├── BodyTooLarge                 413 body_too_large
+        ├── InvalidTenantCredentials     502 invalid_tenant_credentials
+        ├── GenesysAuthFailed            502 genesys_auth_failed
+        ├── VaultUnavailable             503 vault_unavailable   (Retry-After)
+        ├── TokenUnavailable             503 token_unavailable   (Retry-After)
+        ├── UpstreamUnreachable          502 upstream_unreachable
+        └── UpstreamTimeout              504 upstream_timeout
+
+Modules that talk to a dependency (hvac, the aiohttp client) translate its exceptions into these
+with `raise ... from exc`, so nothing above them sees a foreign exception type.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; `key` names it (`vault.auth.method`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself; subclasses fix the HTTP status and contract code."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    default_retry_after: ClassVar[float | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tenant = tenant
+        self.retry_after = retry_after if retry_after is not None else self.default_retry_after
+
+    def for_tenant(self, tenant: str) -> ProxyError:
+        """Return this error with `tenant` filled in, for errors raised below the tenant layer."""
+        if self.tenant is None:
+            self.tenant = tenant
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, tenant={self.tenant!r})"
+
+
+class MissingTenant(ProxyError):
+    status = 400
+    code = "missing_tenant"
+
+
+class InvalidTenant(ProxyError):
+    status = 400
+    code = "invalid_tenant"
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+
+
+class UnknownTenant(ProxyError):
+    status = 404
+    code = "unknown_tenant"
+
+
+class TenantForbidden(ProxyError):
+    status = 403
+    code = "tenant_forbidden"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    code = "body_too_large"
+
+
+class InvalidTenantCredentials(ProxyError):
+    status = 502
+    code = "invalid_tenant_credentials"
+
+
+class GenesysAuthFailed(ProxyError):
+    status = 502
+    code = "genesys_auth_failed"
+
+
+class VaultUnavailable(ProxyError):
+    status = 503
+    code = "vault_unavailable"
+    default_retry_after = 5.0
+
+
+class TokenUnavailable(ProxyError):
+    status = 503
+    code = "token_unavailable"
+    default_retry_after = 5.0
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"
