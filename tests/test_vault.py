@@ -1,0 +1,382 @@
+"""VaultSession against a real OpenBao dev server: logins, KV reads, translation, readiness."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.api.auth_methods
+import pytest
+
+from proxy.config import VaultAuthConfig, VaultConfig
+from proxy.errors import TenantForbidden, VaultUnavailable
+from proxy.vault import VaultSession
+from tests.conftest import OpenBao, find_free_port
+
+SessionFactory = Callable[..., VaultSession]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def make_session() -> AsyncIterator[SessionFactory]:
+    """Build VaultSessions that are closed when the test ends."""
+    sessions: list[VaultSession] = []
+
+    def make(config: VaultConfig, **options: Any) -> VaultSession:
+        session = VaultSession(config, **options)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+def token_config(openbao: OpenBao, token: str | None = None, **vault: Any) -> VaultConfig:
+    return VaultConfig(
+        address=openbao.address,
+        auth=VaultAuthConfig(method="token", token=token or openbao.root_token),
+        **vault,
+    )
+
+
+def create_token(openbao: OpenBao, policy: str, hcl: str) -> str:
+    """A token whose only policies are `policy` (with the given rules) and default."""
+    root = openbao.client()
+    root.sys.create_or_update_policy(name=policy, policy=hcl)
+    token: str = root.auth.token.create(policies=[policy], ttl="1h")["auth"]["client_token"]
+    return token
+
+
+def read_policy(path: str) -> str:
+    return f'path "{path}" {{ capabilities = ["read"] }}'
+
+
+async def test_reads_a_kv2_secret(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
+) -> None:
+    openbao.put_secret(f"genesys/tenants/{tenant_prefix}", {"client_id": "id", "x": "y"})
+    session = make_session(token_config(openbao))
+    await session.start()
+    assert await session.read(f"genesys/tenants/{tenant_prefix}") == {"client_id": "id", "x": "y"}
+    assert await session.read(f"genesys/tenants/{tenant_prefix}-missing") is None
+
+
+async def test_reads_a_kv1_secret(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
+) -> None:
+    mount = f"kv1-{tenant_prefix}"
+    openbao.client().sys.enable_secrets_engine("kv", path=mount, options={"version": "1"})
+    openbao.put_secret("genesys/tenants/acme", {"client_id": "id"}, mount=mount, kv_version=1)
+    session = make_session(token_config(openbao, kv_mount=mount, kv_version=1))
+    await session.start()
+    assert await session.read("genesys/tenants/acme") == {"client_id": "id"}
+    assert await session.read("genesys/tenants/nobody") is None
+
+
+async def test_deleted_latest_version_reads_as_missing(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
+) -> None:
+    path = f"genesys/tenants/{tenant_prefix}"
+    openbao.put_secret(path, {"client_id": "id"})
+    openbao.client().secrets.kv.v2.delete_latest_version_of_secret(path=path)
+    session = make_session(token_config(openbao))
+    assert await session.read(path) is None
+
+
+async def test_policy_denied_read_is_tenant_forbidden(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
+) -> None:
+    allowed = f"genesys/tenants/{tenant_prefix}-allowed"
+    openbao.put_secret(allowed, {"client_id": "a"})
+    openbao.put_secret(f"genesys/tenants/{tenant_prefix}-denied", {"client_id": "d"})
+    token = create_token(openbao, tenant_prefix, read_policy(f"secret/data/{allowed}"))
+    session = make_session(token_config(openbao, token=token))
+    await session.start()
+
+    assert await session.read(allowed) == {"client_id": "a"}
+    with pytest.raises(TenantForbidden, match=f"secret/genesys/tenants/{tenant_prefix}-denied"):
+        await session.read(f"genesys/tenants/{tenant_prefix}-denied")
+    # A denial is the policy's doing: the session's token is still good.
+    assert session.authenticated
+    assert await session.ready()
+
+
+async def test_unreachable_vault_starts_not_ready_and_reads_are_unavailable(
+    make_session: SessionFactory,
+) -> None:
+    address = f"http://127.0.0.1:{find_free_port()}"
+    config = VaultConfig(address=address, auth=VaultAuthConfig(token="any"))
+    session = make_session(config)
+    await session.start()  # must not raise: the proxy starts and reports not ready
+    assert not session.authenticated
+    assert not await session.ready()
+    assert session.last_error is not None
+    assert address in session.last_error
+    with pytest.raises(VaultUnavailable) as caught:
+        await session.read("genesys/tenants/acme")
+    assert caught.value.status == 503
+    assert caught.value.retry_after is not None
+    assert caught.value.__cause__ is not None
+
+
+async def test_token_file_replaced_by_a_new_token_is_picked_up(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory, tmp_path: Path
+) -> None:
+    first, second = f"genesys/tenants/{tenant_prefix}-1", f"genesys/tenants/{tenant_prefix}-2"
+    openbao.put_secret(first, {"n": "1"})
+    openbao.put_secret(second, {"n": "2"})
+    old = create_token(openbao, f"{tenant_prefix}-old", read_policy(f"secret/data/{first}"))
+    new = create_token(openbao, f"{tenant_prefix}-new", read_policy(f"secret/data/{second}"))
+    token_file = tmp_path / "token"
+    token_file.write_text(old + "\n")
+    config = VaultConfig(
+        address=openbao.address, auth=VaultAuthConfig(method="token", token_file=token_file)
+    )
+    session = make_session(config)
+    await session.start()
+    assert await session.read(first) == {"n": "1"}
+    with pytest.raises(TenantForbidden):
+        await session.read(second)
+
+    # As a Vault Agent sink does it: write a new file, rename it over the old one. The old
+    # token stays valid, so only noticing the change gets the read through.
+    staged = tmp_path / "token.new"
+    staged.write_text(new)
+    staged.replace(token_file)
+    assert await session.read(second) == {"n": "2"}
+
+
+async def test_token_file_rewritten_in_place_after_revocation_is_reread(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory, tmp_path: Path
+) -> None:
+    path = f"genesys/tenants/{tenant_prefix}"
+    openbao.put_secret(path, {"n": "1"})
+    old = create_token(openbao, tenant_prefix, read_policy(f"secret/data/{path}"))
+    new = openbao.client().auth.token.create(policies=[tenant_prefix])["auth"]["client_token"]
+    token_file = tmp_path / "token"
+    token_file.write_text(old)
+    stat = token_file.stat()
+    config = VaultConfig(
+        address=openbao.address, auth=VaultAuthConfig(method="token", token_file=token_file)
+    )
+    session = make_session(config)
+    await session.start()
+    assert await session.read(path) == {"n": "1"}
+
+    openbao.client().auth.token.revoke(old)
+    # Same size, inode and mtime: the stat check cannot see it; the rejected token makes the
+    # session re-read the file anyway.
+    token_file.write_text(new)
+    os.utime(token_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert await session.read(path) == {"n": "1"}
+
+
+async def test_revoked_literal_token_makes_vault_unavailable_and_not_ready(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
+) -> None:
+    path = f"genesys/tenants/{tenant_prefix}"
+    openbao.put_secret(path, {"n": "1"})
+    token = create_token(openbao, tenant_prefix, read_policy(f"secret/data/{path}"))
+    session = make_session(token_config(openbao, token=token), health_interval=0)
+    await session.start()
+    assert await session.ready()
+
+    openbao.client().auth.token.revoke(token)
+    # Nothing in the config can produce a new token: that is an outage, not a tenant's denial.
+    with pytest.raises(VaultUnavailable, match="rejects the configured token"):
+        await session.read(path)
+    assert not await session.ready()
+
+
+async def test_missing_token_file_is_not_ready_until_it_appears(
+    openbao: OpenBao, make_session: SessionFactory, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "sink" / "token"
+    config = VaultConfig(
+        address=openbao.address, auth=VaultAuthConfig(method="token", token_file=token_file)
+    )
+    session = make_session(config, health_interval=0)
+    await session.start()
+    assert not await session.ready()
+    assert session.last_error is not None
+    assert "vault.auth.token_file" in session.last_error
+
+    token_file.parent.mkdir()
+    token_file.write_text(openbao.root_token)
+    assert await session.ready()
+
+
+async def test_approle_login_and_login_again_after_the_token_is_revoked(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory, tmp_path: Path
+) -> None:
+    root = openbao.client()
+    mount = f"approle-{tenant_prefix}"
+    path = f"genesys/tenants/{tenant_prefix}"
+    openbao.put_secret(path, {"n": "1"})
+    root.sys.create_or_update_policy(name=tenant_prefix, policy=read_policy(f"secret/data/{path}"))
+    root.sys.enable_auth_method("approle", path=mount)
+    root.auth.approle.create_or_update_approle(
+        "proxy", token_policies=[tenant_prefix], token_ttl="1h", mount_point=mount
+    )
+    role_id = root.auth.approle.read_role_id("proxy", mount_point=mount)["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id("proxy", mount_point=mount)["data"]
+    secret_id_file = tmp_path / "secret-id"
+    secret_id_file.write_text(secret_id["secret_id"])
+    requests: list[tuple[str, str]] = []
+    config = VaultConfig(
+        address=openbao.address,
+        auth=VaultAuthConfig(
+            method="approle", role_id=role_id, secret_id_file=secret_id_file, mount=mount
+        ),
+    )
+    session = make_session(config, on_request=lambda *request: requests.append(request))
+    await session.start()
+    assert session.authenticated
+    assert session.token_info is not None
+    assert session.token_info.ttl == 3600
+    assert await session.read(path) == {"n": "1"}
+
+    root.sys.revoke_prefix(f"auth/{mount}/login")
+    assert await session.read(path) == {"n": "1"}
+    assert requests.count(("login", "success")) == 2
+
+
+async def test_approle_with_a_wrong_secret_id_is_not_ready(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory, tmp_path: Path
+) -> None:
+    mount = f"approle-{tenant_prefix}"
+    root = openbao.client()
+    root.sys.enable_auth_method("approle", path=mount)
+    root.auth.approle.create_or_update_approle("proxy", mount_point=mount)
+    role_id = root.auth.approle.read_role_id("proxy", mount_point=mount)["data"]["role_id"]
+    secret_id_file = tmp_path / "secret-id"
+    secret_id_file.write_text("not-the-secret-id")
+    config = VaultConfig(
+        address=openbao.address,
+        auth=VaultAuthConfig(
+            method="approle", role_id=role_id, secret_id_file=secret_id_file, mount=mount
+        ),
+    )
+    session = make_session(config)
+    await session.start()
+    assert not await session.ready()
+    assert session.last_error is not None
+    assert "refuses the approle login" in session.last_error
+    assert "not-the-secret-id" not in session.last_error
+
+
+@pytest.mark.parametrize(
+    ("mount", "expected_mount"), [(None, "kubernetes"), ("k8s-prod", "k8s-prod")]
+)
+async def test_kubernetes_login_sends_role_jwt_and_mount(
+    openbao: OpenBao,
+    make_session: SessionFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mount: str | None,
+    expected_mount: str,
+) -> None:
+    # A dev server has no Kubernetes API to review service-account tokens: stand in for the
+    # login call only, and hand out the root token as Vault would a role's token.
+    logins: list[tuple[str, str, str]] = []
+
+    def login(self: Any, role: str, jwt: str, use_token: bool = True, mount_point: str = "") -> Any:
+        logins.append((role, jwt, mount_point))
+        self._adapter.token = openbao.root_token
+        return {"auth": {"client_token": openbao.root_token, "lease_duration": 600}}
+
+    monkeypatch.setattr(hvac.api.auth_methods.Kubernetes, "login", login)
+    jwt_file = tmp_path / "token"
+    jwt_file.write_text("eyJhbGciOi.service-account.jwt\n")
+    config = VaultConfig(
+        address=openbao.address,
+        auth=VaultAuthConfig(method="kubernetes", role="proxy", jwt_file=jwt_file, mount=mount),
+    )
+    session = make_session(config)
+    await session.start()
+    assert logins == [("proxy", "eyJhbGciOi.service-account.jwt", expected_mount)]
+    assert session.token_info is not None
+    assert session.token_info.ttl == 600
+    assert await session.ready()
+
+
+async def test_namespace_is_honoured(
+    openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
+) -> None:
+    openbao.client().sys.create_namespace(tenant_prefix)
+    inside = hvac.Client(url=openbao.address, token=openbao.root_token, namespace=tenant_prefix)
+    inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    inside.secrets.kv.v2.create_or_update_secret(path="genesys/tenants/acme", secret={"n": "ns"})
+    session = make_session(token_config(openbao, namespace=tenant_prefix))
+    assert await session.read("genesys/tenants/acme") == {"n": "ns"}
+
+
+async def test_readiness_is_checked_at_most_every_interval(
+    openbao: OpenBao, make_session: SessionFactory
+) -> None:
+    clock = FakeClock()
+    requests: list[tuple[str, str]] = []
+    session = make_session(
+        token_config(openbao),
+        clock=clock,
+        health_interval=5,
+        on_request=lambda *request: requests.append(request),
+    )
+    await session.start()
+    requests.clear()
+    assert all([await session.ready() for _ in range(10)])
+    assert requests == [("lookup", "success")]
+    clock.now += 5
+    assert await session.ready()
+    assert len(requests) == 2
+
+
+async def test_closed_session_is_not_ready_and_does_not_read(
+    openbao: OpenBao, make_session: SessionFactory
+) -> None:
+    session = make_session(token_config(openbao))
+    await session.start()
+    await session.close()
+    assert not await session.ready()
+    with pytest.raises(VaultUnavailable, match="closed"):
+        await session.read("genesys/tenants/acme")
+
+
+async def test_repr_and_logs_never_show_the_token(
+    openbao: OpenBao,
+    tenant_prefix: str,
+    make_session: SessionFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = create_token(openbao, tenant_prefix, read_policy("secret/data/nothing"))
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    config = VaultConfig(
+        address=openbao.address, auth=VaultAuthConfig(method="token", token_file=token_file)
+    )
+    session = make_session(config)
+    await session.start()
+    openbao.client().auth.token.revoke(token)
+    token_file.write_text("")
+    with pytest.raises(VaultUnavailable):
+        await session.read("genesys/tenants/acme")
+
+    literal = make_session(token_config(openbao, token=token))
+    assert repr(session) == f"VaultSession(address={openbao.address!r}, method='token')"
+    assert token not in repr(literal)
+    assert token not in caplog.text
+    assert caplog.records  # the login and the token file's problems were logged
