@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -12,13 +14,19 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hvac
 import pytest
+from aiohttp import web
+
+from proxy.app import RUNTIME, Runtime, create_admin_app, create_app
+from proxy.config import parse_config
+from proxy.regions import resolve_region
+from proxy.simulator import GenesysSimulator
 
 OPENBAO_ROOT_TOKEN = "root"
 OPENBAO_START_TIMEOUT = 20.0
@@ -203,3 +211,117 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
 def tenant_prefix() -> str:
     """A tenant-id prefix unique to this test, so tests share the OpenBao server safely."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+# --- The proxy under test: the real app, the real OpenBao, the Genesys simulator. ---------------
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[GenesysSimulator]:
+    """A running Genesys Cloud simulator on a free loopback port."""
+    async with GenesysSimulator().running() as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """A tenant set up for a test: its id, its simulator client and region domain."""
+
+    id: str
+    client_id: str
+    client_secret: str
+    domain: str
+    org_name: str
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class ProxyHarness:
+    """Builds a proxy app against OpenBao and the simulator; each test gets fresh tenant ids."""
+
+    def __init__(
+        self,
+        sim: GenesysSimulator,
+        vault: Any,
+        aiohttp_client: Any,
+        prefix: str,
+    ) -> None:
+        self.sim = sim
+        self.vault = vault
+        self._aiohttp_client = aiohttp_client
+        self.prefix = prefix
+        self.app: web.Application | None = None
+        self.client: Any = None
+        self.admin: Any = None
+
+    def base_config(self) -> dict[str, Any]:
+        return {
+            "vault": {"address": self.vault.address, "auth": {"token": self.vault.root_token}},
+            "genesys": {
+                "api_url": self.sim.api_url_template,
+                "login_url": self.sim.login_url_template,
+                "timeout": 5,
+                "connect_timeout": 2,
+            },
+        }
+
+    async def start(self, overrides: Mapping[str, Any] | None = None) -> ProxyHarness:
+        config = parse_config(deep_merge(self.base_config(), overrides or {}))
+        self.app = create_app(config)
+        self.client = await self._aiohttp_client(self.app)
+        self.admin = await self._aiohttp_client(create_admin_app(self.app))
+        return self
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self.app is not None
+        return self.app[RUNTIME]
+
+    @property
+    def base_url(self) -> str:
+        return str(self.client.make_url(""))
+
+    def add_tenant(
+        self,
+        name: str,
+        *,
+        region: str = "ap-south-1",
+        org_name: str | None = None,
+        in_vault: bool = True,
+        vault_secret: str | None = None,
+    ) -> TenantInfo:
+        """Register a client at the simulator and its record in OpenBao."""
+        tenant = f"{self.prefix}{name}"
+        domain = resolve_region(region)
+        client_id = f"client-{tenant}"
+        secret = f"fake-secret-{tenant}-{secrets.token_hex(4)}"
+        org = org_name or f"Org of {tenant}"
+        self.sim.add_client(client_id, secret, domain=domain, org_name=org)
+        if in_vault:
+            self.vault.put_tenant(tenant, client_id, vault_secret or secret, region)
+        return TenantInfo(tenant, client_id, secret, domain, org)
+
+
+_tenant_counter = itertools.count()
+
+
+@pytest.fixture
+async def harness(sim: GenesysSimulator, openbao: Any, aiohttp_client: Any) -> ProxyHarness:
+    """A proxy harness; call `await harness.start(overrides)` after adding tenants."""
+    return ProxyHarness(
+        sim, openbao, aiohttp_client, prefix=f"t{next(_tenant_counter)}-{os.getpid()}-"
+    )
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port with nothing listening on it."""
+    return find_free_port()

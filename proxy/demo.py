@@ -1,0 +1,98 @@
+"""`genesys-token-proxy demo`: the proxy against the built-in Genesys simulator, no account needed.
+
+Starts the simulator with two demo organisations in two regions, writes a credentials file for
+them (the file source, so no Vault is needed either), runs the real proxy and prints what to try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from proxy.config import parse_config
+from proxy.logs import configure_logging
+from proxy.server import Server, run_until_signalled
+from proxy.simulator import GenesysSimulator
+
+# Obviously fake: the simulator accepts them, nothing else does.
+DEMO_TENANTS = {
+    "demo": {
+        "client_id": "demo-client-0001",
+        "client_secret": "demo-secret-not-real-0001",
+        "region": "ap-south-1",
+        "domain": "aps1.pure.cloud",
+        "org": "Demo Org Mumbai",
+    },
+    "demo-eu": {
+        "client_id": "demo-client-0002",
+        "client_secret": "demo-secret-not-real-0002",
+        "region": "mypurecloud.ie",
+        "domain": "mypurecloud.ie",
+        "org": "Demo Org Dublin",
+    },
+}
+
+
+def instructions(port: int, admin_port: int) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return f"""
+genesys-token-proxy demo is running against a local Genesys Cloud simulator.
+Two tenants exist: 'demo' (ap-south-1, aps1.pure.cloud) and 'demo-eu' (mypurecloud.ie).
+Try, in another terminal:
+
+  curl -s {base}/api/v2/organizations/me -H 'X-Tenant-ID: demo'
+  curl -s {base}/api/v2/users -H 'X-Tenant-ID: demo-eu'
+  curl -s {base}/auth/token -H 'X-Tenant-ID: demo'
+  curl -si {base}/api/v2/users -H 'X-Tenant-ID: nobody'      # 404 unknown_tenant
+  curl -si {base}/api/v2/users                               # 400 missing_tenant
+  curl -s http://127.0.0.1:{admin_port}/readyz
+
+Press Ctrl-C to stop.
+"""
+
+
+async def _demo(port: int, admin_port: int) -> None:
+    simulator = GenesysSimulator()
+    for tenant in DEMO_TENANTS.values():
+        simulator.add_client(
+            tenant["client_id"],
+            tenant["client_secret"],
+            domain=tenant["domain"],
+            org_name=tenant["org"],
+        )
+    async with simulator.running() as sim:
+        with tempfile.TemporaryDirectory(prefix="genesys-proxy-demo-") as tmp:
+            credentials = Path(tmp) / "tenants.yaml"
+            records = {
+                name: {k: t[k] for k in ("client_id", "client_secret", "region")}
+                for name, t in DEMO_TENANTS.items()
+            }
+            credentials.write_text(yaml.safe_dump(records), encoding="utf-8")
+            config = parse_config(
+                {
+                    "listen": {"port": port, "shutdown_grace": 2},
+                    "admin": {"port": admin_port},
+                    "credentials": {"source": "file", "file": str(credentials)},
+                    "genesys": {
+                        "api_url": sim.api_url_template,
+                        "login_url": sim.login_url_template,
+                    },
+                }
+            )
+            server = Server(config)
+
+            def announce(server: Server) -> None:
+                print(instructions(server.proxy_port, server.admin_port), flush=True)
+
+            await run_until_signalled(server, on_started=announce)
+
+
+def run_demo(port: int, admin_port: int) -> None:
+    """Run the demo until Ctrl-C or SIGTERM."""
+    configure_logging(parse_config({}).log)
+    logging.getLogger("proxy").info("starting the demo")
+    asyncio.run(_demo(port, admin_port))

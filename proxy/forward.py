@@ -1,0 +1,311 @@
+"""The app-facing listener: resolve the tenant, inject its token, forward to its Genesys region.
+
+A request's path through this module:
+
+    error_middleware  -> refuses absolute-form targets and CONNECT, turns ProxyError into JSON
+    forward()         -> tenant -> TokenManager.get() -> upstream request -> streamed response
+                         an upstream 401 drops the token and replays once (buffered bodies only)
+    token_endpoint()  -> GET /auth/token and POST /oauth/token hand the raw token to the app
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.config import Config
+from proxy.errors import (
+    BadRequest,
+    BodyTooLarge,
+    InvalidTenant,
+    MissingTenant,
+    ProxyError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from proxy.tokens import Token, TokenManager
+
+log = logging.getLogger("proxy.forward")
+
+# RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection that old clients still send.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Bodies up to this size are read before forwarding, so a 401 can be answered by a replay.
+REPLAY_BUFFER_BYTES = 256 * 1024
+STREAM_CHUNK_BYTES = 64 * 1024
+# Without these, aiohttp's client would add headers the app never sent.
+SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """What the forwarder needs from the config, flattened once for the hot path."""
+
+    tenant_header: str
+    api_url: str
+    max_body_bytes: int
+    timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def from_config(cls, config: Config) -> ForwardSettings:
+        return cls(
+            tenant_header=config.tenant.header,
+            api_url=config.genesys.api_url,
+            max_body_bytes=config.listen.max_body_bytes,
+            # `timeout` bounds each wait for the upstream, not a whole streamed download.
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=config.genesys.connect_timeout,
+                sock_read=config.genesys.timeout,
+            ),
+        )
+
+
+def error_response(error: ProxyError) -> web.Response:
+    """The contract's JSON error body, tagged with `X-Proxy-Error`."""
+    headers = {"X-Proxy-Error": error.code, "Cache-Control": "no-store"}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    body = {"error": error.code, "message": error.message, "tenant": error.tenant}
+    return web.json_response(body, status=error.status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse proxy-style requests and turn the proxy's own errors into contract responses."""
+    try:
+        if request.method == "CONNECT":
+            raise BadRequest("CONNECT is not supported: this proxy only forwards to Genesys Cloud")
+        if not request.raw_path.startswith("/"):
+            raise BadRequest("the request target must be a path, not an absolute URL")
+        return await handler(request)
+    except ProxyError as exc:
+        if exc.status >= 500:
+            log.warning(
+                "request failed: %s %s", exc.code, exc.message, extra={"tenant": exc.tenant}
+            )
+        return error_response(exc)
+
+
+class TenantResolver:
+    """Finds and validates the tenant of a request."""
+
+    def __init__(self, config: Config) -> None:
+        self.header = config.tenant.header
+        self.pattern = config.tenant.pattern
+        self.default = config.tenant.default
+
+    def __call__(self, request: web.Request, fallback: str | None = None) -> str:
+        tenant = request.headers.get(self.header) or fallback or self.default
+        if tenant is None:
+            raise MissingTenant(f"the {self.header} header is missing and no default tenant is set")
+        return self.check(tenant)
+
+    def check(self, tenant: str) -> str:
+        # The id becomes part of a Vault path: the pattern is the first guard, and slashes or
+        # dot-segments are refused whatever the configured pattern allows.
+        if (
+            not self.pattern.fullmatch(tenant)
+            or "/" in tenant
+            or "\\" in tenant
+            or tenant in (".", "..")
+        ):
+            shown = tenant if len(tenant) <= 64 and tenant.isprintable() else tenant[:64] + "..."
+            raise InvalidTenant(f"tenant id {shown!r} does not match the tenant pattern")
+        return tenant
+
+
+class Forwarder:
+    """The catch-all handler that sends a request to its tenant's Genesys region."""
+
+    def __init__(
+        self,
+        settings: ForwardSettings,
+        tenants: TenantResolver,
+        tokens: TokenManager,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.tenants = tenants
+        self.tokens = tokens
+        self.session = session
+        self._tenant_header = settings.tenant_header.lower()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        tenant = self.tenants(request)
+        body, replayable = await self._request_body(request, tenant)
+        token = await self.tokens.get(tenant)
+        upstream = await self._send(request, tenant, token, body)
+        if upstream.status == 401:
+            # A token the cache still trusted was refused (revoked, or expired early): drop it
+            # (only if still current, so a burst of 401s costs one refetch) and try once more.
+            self.tokens.invalidate(tenant, token)
+            if replayable:
+                upstream.release()
+                log.info("upstream refused the token; replaying", extra={"tenant": tenant})
+                token = await self.tokens.get(tenant)
+                upstream = await self._send(request, tenant, token, body)
+        return await self._relay(request, upstream)
+
+    async def _request_body(
+        self, request: web.Request, tenant: str
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, bool]:
+        """The body to send upstream and whether it can be sent twice."""
+        limit = self.settings.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise BodyTooLarge(
+                f"the request body is {length} bytes; the limit is {limit}", tenant=tenant
+            )
+        if not request.body_exists:
+            return None, True
+        if length is not None and length <= REPLAY_BUFFER_BYTES:
+            return await request.content.readexactly(length), True
+        return _limited_stream(request, limit, tenant), False
+
+    async def _send(
+        self,
+        request: web.Request,
+        tenant: str,
+        token: Token,
+        body: bytes | AsyncIterator[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        url = self.settings.api_url.format(domain=token.domain) + request.raw_path
+        headers = self._upstream_headers(request, token)
+        try:
+            return await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                timeout=self.settings.timeout,
+            )
+        except BodyTooLarge:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout("Genesys Cloud did not answer in time", tenant=tenant) from exc
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, BodyTooLarge):
+                raise exc.__cause__ from None
+            raise UpstreamUnreachable(
+                f"could not reach Genesys Cloud ({token.domain}): {type(exc).__name__}",
+                tenant=tenant,
+            ) from exc
+
+    def _upstream_headers(self, request: web.Request, token: Token) -> CIMultiDict[str]:
+        drop = set(HOP_BY_HOP)
+        drop.update(("host", "authorization", self._tenant_header))
+        connection = request.headers.get("Connection")
+        if connection:
+            drop.update(name.strip().lower() for name in connection.split(","))
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name, value) for name, value in request.headers.items() if name.lower() not in drop
+        )
+        headers["Authorization"] = f"Bearer {token.value}"
+        return headers
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        """Stream the upstream answer back unchanged, minus hop-by-hop headers."""
+        try:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            drop = set(HOP_BY_HOP)
+            connection = upstream.headers.get("Connection")
+            if connection:
+                drop.update(name.strip().lower() for name in connection.split(","))
+            for name, value in upstream.headers.items():
+                if name.lower() not in drop:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
+                    await response.write(chunk)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The status line is gone already: all that is left is to cut the connection,
+                # so the app sees a truncated answer rather than a complete-looking one.
+                log.warning("upstream answer broke off: %s", type(exc).__name__)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+
+
+async def _limited_stream(request: web.Request, limit: int, tenant: str) -> AsyncIterator[bytes]:
+    """Stream the request body upstream, refusing it once it passes `limit` bytes."""
+    seen = 0
+    async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge(f"the request body passed the {limit}-byte limit", tenant=tenant)
+        yield chunk
+
+
+class TokenEndpoint:
+    """`GET /auth/token` and `POST /oauth/token`: the raw token, for apps and SDKs that want it."""
+
+    def __init__(self, tenants: TenantResolver, tokens: TokenManager) -> None:
+        self.tenants = tenants
+        self.tokens = tokens
+
+    async def get_token(self, request: web.Request) -> web.Response:
+        return await self._answer(self.tenants(request))
+
+    async def oauth_token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        grant = form.get("grant_type")
+        if grant != "client_credentials":
+            raise BadRequest("grant_type must be client_credentials")
+        return await self._answer(self.tenants(request, fallback=_basic_username(request)))
+
+    async def _answer(self, tenant: str) -> web.Response:
+        token = await self.tokens.get(tenant)
+        seconds_left = int(token.seconds_left(time.monotonic()))
+        body = {"access_token": token.value, "token_type": "bearer", "expires_in": seconds_left}
+        return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+def _basic_username(request: web.Request) -> str | None:
+    """The Basic-auth username: the SDK's client id, which names the tenant here."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise BadRequest("the Authorization header is not valid Basic auth") from exc
+    username = decoded.partition(":")[0]
+    return username or None
+
+
+async def local_endpoint_disabled(request: web.Request) -> web.Response:
+    """With local_token_endpoint off, the token paths are the proxy's own 404, never forwarded."""
+    body = {"error": "not_found", "message": "the local token endpoint is disabled", "tenant": None}
+    return web.json_response(body, status=404, headers={"X-Proxy-Error": "not_found"})

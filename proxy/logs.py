@@ -1,0 +1,68 @@
+"""Log setup: text or JSON lines on stderr, with the structured fields handlers attach."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from proxy.config import LogConfig
+
+# Attributes every LogRecord has; anything else was passed in `extra` and is a structured field.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+def _utc(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-11-26T14:55:11Z INFO proxy.tokens message key=value ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = _utc(record)
+        line = f"{when} {record.levelname} {record.name} {record.getMessage()}"
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        if extra:
+            line = f"{line} {extra}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": _utc(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(_fields(record))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(config: LogConfig) -> None:
+    """Send every log line to stderr in the configured format and level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.level.upper())
+    # aiohttp's access log is replaced by the proxy's own; its other loggers stay at WARNING.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if config.level != "debug":
+        logging.getLogger("aiohttp").setLevel(logging.WARNING)
