@@ -14,7 +14,8 @@
         ├── VaultUnavailable             503 vault_unavailable   (Retry-After)
         ├── TokenUnavailable             503 token_unavailable   (Retry-After)
         ├── UpstreamUnreachable          502 upstream_unreachable
-        └── UpstreamTimeout              504 upstream_timeout
+        ├── UpstreamTimeout              504 upstream_timeout
+        └── InternalError                500 internal_error      (a bug; details only in the log)
 
 Modules that talk to a dependency (hvac, the aiohttp client) translate its exceptions into these
 with `raise ... from exc`, so nothing above them sees a foreign exception type.
@@ -123,3 +124,8 @@ class UpstreamUnreachable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     code = "upstream_timeout"
+
+
+class InternalError(ProxyError):
+    status = 500
+    code = "internal_error"

@@ -25,6 +25,7 @@ from proxy.config import Config
 from proxy.errors import (
     BadRequest,
     BodyTooLarge,
+    InternalError,
     InvalidTenant,
     MissingTenant,
     ProxyError,
@@ -106,6 +107,15 @@ async def error_middleware(
                 "request failed: %s %s", exc.code, exc.message, extra={"tenant": exc.tenant}
             )
         return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp's own limit, hit by request.post() on the local token endpoint.
+        return error_response(BodyTooLarge("the request body is over the configured limit"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        # A bug, not the client's fault: log it here, never send a traceback to the app.
+        log.exception("unexpected error while handling %s %s", request.method, request.path)
+        return error_response(InternalError("the proxy failed unexpectedly; see its logs"))
 
 
 class TenantResolver:

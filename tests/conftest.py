@@ -52,6 +52,24 @@ def _free_port_for_bao() -> int:
     pytest.fail("found no two adjacent free loopback ports for OpenBao", pytrace=False)
 
 
+class FakeClock:
+    """A clock the test moves by hand (monotonic or wall, as the code under test needs)."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @dataclass
 class OpenBao:
     """A running `bao server -dev`: in-memory, unsealed, KV v2 mounted at secret/."""

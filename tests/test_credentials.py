@@ -32,22 +32,9 @@ from proxy.errors import (
     VaultUnavailable,
 )
 from proxy.vault import VaultSession
-from tests.conftest import OpenBao, find_free_port
+from tests.conftest import FakeClock, OpenBao, find_free_port
 
 SECRET = "s3cr3t-client-secret-value"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def vault_config(openbao: OpenBao, **vault: Any) -> VaultConfig:

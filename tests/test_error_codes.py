@@ -188,3 +188,29 @@ async def test_readyz_is_ready_with_vault_up(harness: ProxyHarness) -> None:
     assert (await harness.admin.get("/healthz")).status == 200
     ready = await harness.admin.get("/readyz")
     assert ready.status == 200
+
+
+async def test_an_oversized_oauth_form_is_body_too_large(harness: ProxyHarness) -> None:
+    await harness.start({"listen": {"max_body_bytes": 2048}})
+    response = await harness.client.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "pad": "x" * 4096}
+    )
+    await expect_error(response, 413, "body_too_large", None)
+
+
+async def test_a_bug_is_a_json_500_with_no_traceback(
+    harness: ProxyHarness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acme = harness.add_tenant("acme")
+    await harness.start()
+
+    async def broken(tenant: str) -> None:
+        raise RuntimeError("simulated bug with internal detail")
+
+    monkeypatch.setattr(harness.runtime.tokens, "get", broken)
+    response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
+    await expect_error(response, 500, "internal_error", None)
+    text = await response.text()
+    assert "Traceback" not in text
+    assert "internal detail" not in text
+    assert "simulated bug with internal detail" in caplog.text

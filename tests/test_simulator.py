@@ -16,23 +16,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.simulator import GenesysSimulator, SimClient, blob_content, main
+from tests.conftest import FakeClock
 
 DOMAIN_A = "mypurecloud.ie"
 DOMAIN_B = "aps1.pure.cloud"
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -71,7 +61,7 @@ def api(path: str, domain: str = DOMAIN_A) -> str:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)
 
 
 def make_simulator(clock: FakeClock, **limits: Any) -> GenesysSimulator:

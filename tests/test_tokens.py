@@ -20,22 +20,10 @@ from proxy.credentials import TenantCredentials
 from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, UnknownTenant
 from proxy.simulator import GenesysSimulator
 from proxy.tokens import GenesysTokenFetcher, Token, TokenManager, _parse_retry_after
+from tests.conftest import FakeClock
 
 SECRET = "s3cr3t-client-secret-value"
 REGION = "mypurecloud.ie"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeCredentials:
@@ -98,11 +86,6 @@ def state_of(manager: TokenManager, tenant: str) -> str | None:
 
 def unavailable(tenant: str = "acme") -> TokenUnavailable:
     return TokenUnavailable("The Genesys token endpoint failed (HTTP 503).", tenant=tenant)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

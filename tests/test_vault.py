@@ -15,17 +15,9 @@ import pytest
 from proxy.config import VaultAuthConfig, VaultConfig
 from proxy.errors import TenantForbidden, VaultUnavailable
 from proxy.vault import VaultSession
-from tests.conftest import OpenBao, find_free_port
+from tests.conftest import FakeClock, OpenBao, find_free_port
 
 SessionFactory = Callable[..., VaultSession]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
