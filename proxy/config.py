@@ -57,6 +57,7 @@ class CredentialsConfig:
     file: Path | None = None
     ttl: float = 300.0
     negative_ttl: float = 30.0
+    stale_ttl: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             file=creds.path("file"),
             ttl=creds.number("ttl", CredentialsConfig.ttl, low=0),
             negative_ttl=creds.number("negative_ttl", CredentialsConfig.negative_ttl, low=0),
+            stale_ttl=creds.number("stale_ttl", CredentialsConfig.stale_ttl, low=0),
         ),
         vault=VaultConfig(
             address=vault_data.url("address", VaultConfig.address),
