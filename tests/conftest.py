@@ -180,11 +180,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
-    """One OpenBao dev server for the test session, on a free loopback port."""
-    home = tmp_path_factory.mktemp("openbao")
-    address = f"http://127.0.0.1:{_free_port_for_bao()}"
+def start_openbao(home: Path, address: str | None = None) -> OpenBao:
+    """Start a `bao server -dev` in `home` (on `address`, else a free port); wait until healthy.
+
+    A dev server keeps everything in memory: started again on the same address it is empty,
+    with the same root token.
+    """
+    address = address or f"http://127.0.0.1:{_free_port_for_bao()}"
     # The child gets a private HOME (the dev server writes ~/.vault-token) and no inherited
     # Vault settings; the test process's own environment is left alone.
     env = {
@@ -220,9 +222,25 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
     bao = OpenBao(address, OPENBAO_ROOT_TOKEN, process, log_path)
     try:
         _wait_until_healthy(bao)
+    except BaseException:
+        stop_openbao(bao)
+        raise
+    return bao
+
+
+def stop_openbao(bao: OpenBao) -> None:
+    """Stop the server (SIGTERM, then SIGKILL after 5 s) and wait for it to exit."""
+    _stop(bao.process)
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    """One OpenBao dev server for the test session, on a free loopback port."""
+    bao = start_openbao(tmp_path_factory.mktemp("openbao"))
+    try:
         yield bao
     finally:
-        _stop(process)
+        stop_openbao(bao)
 
 
 @pytest.fixture
@@ -236,9 +254,14 @@ def tenant_prefix() -> str:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[GenesysSimulator]:
-    """A running Genesys Cloud simulator on a free loopback port."""
+    """A running Genesys Cloud simulator on a free loopback port.
+
+    Every test that uses it also checks the contract's "an expired token is never injected":
+    the simulator counts each API request that carried an expired token.
+    """
     async with GenesysSimulator().running() as running:
         yield running
+        assert running.expired_tokens_seen() == 0, "the proxy injected an expired token"
 
 
 @dataclass(frozen=True)
