@@ -34,6 +34,7 @@ class ListenConfig:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     shutdown_grace: float = 20.0
+    idle_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             port=listen.port("port", ListenConfig.port),
             max_body_bytes=listen.integer("max_body_bytes", ListenConfig.max_body_bytes, low=0),
             shutdown_grace=listen.number("shutdown_grace", ListenConfig.shutdown_grace, low=0),
+            idle_timeout=listen.number("idle_timeout", ListenConfig.idle_timeout, low=0.1),
         ),
         admin=AdminConfig(
             host=admin.string("host", AdminConfig.host),

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy.app import RUNTIME, create_admin_app, create_app
 from proxy.config import Config
+from proxy.listener import listener_options
 
 log = logging.getLogger("proxy.server")
 
@@ -37,6 +38,7 @@ class Server:
             self.proxy_app,
             access_log=None,
             shutdown_timeout=config.listen.shutdown_grace,
+            **listener_options(config.listen),
         )
         self._admin_runner = web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=2.0)
         self.proxy_port = config.listen.port

@@ -22,9 +22,11 @@ from typing import Any
 import hvac
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy.app import RUNTIME, Runtime, create_admin_app, create_app
 from proxy.config import parse_config
+from proxy.listener import listener_options
 from proxy.regions import resolve_region
 from proxy.simulator import GenesysSimulator
 
@@ -285,6 +287,22 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
+class ProxyTestServer(TestServer):
+    """aiohttp's test server, set up like the daemon's proxy listener.
+
+    It gets the daemon's listener options, and keeps handlers running when a client goes away
+    (aiohttp's test server cancels them; the daemon's runner, like aiohttp's default, does not).
+    """
+
+    def __init__(self, app: web.Application, options: Mapping[str, Any]) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self._options = dict(options)
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs.update(self._options, handler_cancellation=False)
+        return web.AppRunner(self.app, **kwargs)
+
+
 class ProxyHarness:
     """Builds a proxy app against OpenBao and the simulator; each test gets fresh tenant ids."""
 
@@ -317,7 +335,8 @@ class ProxyHarness:
     async def start(self, overrides: Mapping[str, Any] | None = None) -> ProxyHarness:
         config = parse_config(deep_merge(self.base_config(), overrides or {}))
         self.app = create_app(config)
-        self.client = await self._aiohttp_client(self.app)
+        server = ProxyTestServer(self.app, listener_options(config.listen))
+        self.client = await self._aiohttp_client(server)
         self.admin = await self._aiohttp_client(create_admin_app(self.app))
         return self
 
