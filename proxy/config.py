@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -318,6 +319,9 @@ class _Section:
         value = self._typed(name, (int, float), "a number")
         if value is None:
             return default
+        # YAML reads .nan and .inf as floats; NaN passes every comparison below.
+        if not math.isfinite(value):
+            raise ConfigError(self.key(name), f"must be a finite number, not {value}")
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigError(self.key(name), f"must be {bounds}, not {value}")

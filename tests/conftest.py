@@ -23,12 +23,20 @@ import hvac
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import settings
 
 from proxy.app import RUNTIME, Runtime, create_admin_app, create_app
 from proxy.config import parse_config
 from proxy.listener import listener_options
 from proxy.regions import resolve_region
 from proxy.simulator import GenesysSimulator
+
+# Property tests: a bounded example count, so .ci/run stays quick, and no deadline, because
+# tests never assert wall-clock times (the machine is shared). HYPOTHESIS_PROFILE=thorough for
+# a longer local search.
+settings.register_profile("ci", max_examples=60, deadline=None, database=None)
+settings.register_profile("thorough", max_examples=2_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 OPENBAO_ROOT_TOKEN = "root"
 OPENBAO_START_TIMEOUT = 20.0
