@@ -106,6 +106,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # Off for very large fleets: per-tenant series multiply with every tenant a sidecar serves.
+    tenant_label: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     listen: ListenConfig = ListenConfig()
     admin: AdminConfig = AdminConfig()
@@ -114,6 +120,7 @@ class Config:
     vault: VaultConfig = VaultConfig()
     genesys: GenesysConfig = GenesysConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     local_token_endpoint: bool = True
 
 
@@ -153,6 +160,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     auth = vault_data.section("auth")
     genesys = root.section("genesys")
     log = root.section("log")
+    metrics = root.section("metrics")
 
     config = Config(
         listen=ListenConfig(
@@ -210,9 +218,10 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             level=log.choice("level", ("debug", "info", "warning", "error"), "info"),
             format=log.choice("format", ("text", "json"), "text"),
         ),
+        metrics=MetricsConfig(tenant_label=metrics.boolean("tenant_label", True)),
         local_token_endpoint=root.boolean("local_token_endpoint", True),
     )
-    for section in (root, listen, admin, tenant, creds, vault_data, auth, genesys, log):
+    for section in (root, listen, admin, tenant, creds, vault_data, auth, genesys, log, metrics):
         section.reject_unknown()
     _check_consistency(config)
     return config
