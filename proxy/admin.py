@@ -50,7 +50,8 @@ SECURITY_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, browsers send `Origin: null` on form posts to the page itself.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 # What a button's redirect may tell the page; the query string is not trusted beyond this.
@@ -349,7 +350,9 @@ def create_admin_app(proxy_app: web.Application, *, page_refresh: int = 15) -> w
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    aiohttp_jinja2.get_env(app).filters["utc"] = _utc
+    filters = aiohttp_jinja2.get_env(app).filters
+    filters["utc"] = _utc
+    filters["duration"] = format_duration
 
     async def announce(app: web.Application) -> None:
         (log.warning if access.mode == "refused" else log.info)(access.describe())
@@ -366,6 +369,17 @@ def create_admin_app(proxy_app: web.Application, *, page_refresh: int = 15) -> w
     app.router.add_post("/admin/api/tenants/{tenant}/refresh", api_refresh)
     app.router.add_delete("/admin/api/tenants/{tenant}", api_evict)
     return app
+
+
+def format_duration(seconds: float) -> str:
+    """`1d 2h`, `23h 59m`, `4m 10s`, `9s`: the two largest units."""
+    left = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])
 
 
 def _utc(timestamp: float | None) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from proxy import cli
-from proxy.admin import create_admin_app, mask_client_id, mask_secret
+from proxy.admin import create_admin_app, format_duration, mask_client_id, mask_secret
 from proxy.admin_auth import SESSION_COOKIE, is_loopback
 from proxy.app import create_app
 from proxy.config import parse_config
@@ -293,3 +293,11 @@ def test_masks_show_no_more_than_they_should() -> None:
     assert mask_client_id("short") == "****"
     assert mask_secret("fake-secret-value-abcd") == "****abcd"
     assert mask_secret("tiny-secret") == "****"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (9.7, "9s"), (250, "4m 10s"), (86369, "23h 59m"), (93784, "1d 2h"), (3600, "1h")],
+)
+def test_durations_read_like_a_person_would_say_them(seconds: float, shown: str) -> None:
+    assert format_duration(seconds) == shown
