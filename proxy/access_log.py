@@ -87,7 +87,7 @@ class RequestObserver:
         self._metrics.upstream_retry(tenant, reason)
 
 
-def access_middleware(metrics: Metrics) -> Middleware:
+def access_middleware(metrics: Metrics, *, log_requests: bool = True) -> Middleware:
     """The outermost middleware of the proxy app: metrics and the access log for each request."""
 
     @web.middleware
@@ -112,7 +112,7 @@ def access_middleware(metrics: Metrics) -> Middleware:
             error = response.headers.get("X-Proxy-Error") if response is not None else None
             failed = error is not None or status >= 500
             metrics.request_finished(record.tenant, request.method, status, seconds, failed=failed)
-            if access_log.isEnabledFor(logging.INFO):
+            if log_requests and access_log.isEnabledFor(logging.INFO):
                 _log_line(
                     request,
                     record=record,

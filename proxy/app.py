@@ -145,7 +145,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     app = web.Application(
         # The access middleware is outermost: it sees the proxy's own error answers too.
-        middlewares=[access_middleware(metrics), error_middleware],
+        middlewares=[access_middleware(metrics, log_requests=config.log.access), error_middleware],
         client_max_size=max(config.listen.max_body_bytes, 1024),
     )
     app[CONFIG] = config

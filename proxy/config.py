@@ -103,6 +103,8 @@ class GenesysConfig:
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    # One line per proxied request; ~60 us of CPU each (bench/observability_overhead.py).
+    access: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         log=LogConfig(
             level=log.choice("level", ("debug", "info", "warning", "error"), "info"),
             format=log.choice("format", ("text", "json"), "text"),
+            access=log.boolean("access", True),
         ),
         metrics=MetricsConfig(tenant_label=metrics.boolean("tenant_label", True)),
         local_token_endpoint=root.boolean("local_token_endpoint", True),

@@ -167,3 +167,17 @@ def test_uuids_and_words_do_not_look_like_secrets() -> None:
     assert not looks_like_secret("3fa85f64-5717-4562-b3fc-2c963f66afa6")
     assert not looks_like_secret("a-perfectly-ordinary-long-search-phrase")
     assert looks_like_secret("Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA==")
+
+
+async def test_access_log_can_be_turned_off_while_metrics_keep_counting(
+    harness: ProxyHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    acme = harness.add_tenant("acme")
+    await harness.start({"log": {"access": False}})
+    response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
+    assert response.status == 200
+    assert access_records(caplog) == []
+    stats = harness.runtime.metrics.tenant_stats(acme.id)
+    assert stats is not None
+    assert stats.requests == 1
