@@ -2,7 +2,7 @@
 
 The proxy app owns every long-lived resource through one `cleanup_ctx` entry (`Runtime`): the
 upstream HTTP session, the credential source and store, and the token manager. The admin app
-reads the same Runtime, so both listeners see one state.
+(`proxy.admin`) reads the same Runtime and the same `Metrics`, so both listeners see one state.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from proxy import __version__
+from proxy.access_log import RequestObserver, access_middleware
 from proxy.config import Config
 from proxy.credentials import CredentialStore, create_credential_source
 from proxy.forward import (
@@ -27,6 +28,7 @@ from proxy.forward import (
     error_middleware,
     local_endpoint_disabled,
 )
+from proxy.metrics import Metrics
 from proxy.tokens import GenesysTokenFetcher, TokenManager
 
 log = logging.getLogger("proxy.app")
@@ -42,6 +44,7 @@ class Runtime:
     session: aiohttp.ClientSession
     forwarder: Forwarder
     token_endpoint: TokenEndpoint
+    metrics: Metrics
     started_at: float = field(default_factory=time.time)
     draining: bool = False
 
@@ -51,8 +54,8 @@ class Runtime:
 
 
 CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
 RUNTIME = web.AppKey("runtime", Runtime)
-PROXY_APP = web.AppKey("proxy_app", web.Application)
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | bool:
@@ -63,7 +66,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | bool:
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the session, credential source and token manager; close them in reverse."""
-    config = app[CONFIG]
+    config, metrics = app[CONFIG], app[METRICS]
     connector = aiohttp.TCPConnector(
         ssl=_ssl_context(config),
         limit=0,  # the app's own concurrency is the limit; a pool cap would only queue
@@ -72,7 +75,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         enable_cleanup_closed=False,
     )
     session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
-    source = create_credential_source(config)
+    source = create_credential_source(config, on_vault_request=metrics.vault_request)
     try:
         await source.start()
         store = CredentialStore(
@@ -92,21 +95,27 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             fetcher,
             refresh_at=config.genesys.refresh_at,
             max_tenants=config.tenant.max_tenants,
+            observer=metrics,
         )
-        tenants = TenantResolver(config)
+        observer = RequestObserver(metrics)
+        tenants = TenantResolver(config, observer)
+        settings = ForwardSettings.from_config(config)
         runtime = Runtime(
             config=config,
             credentials=store,
             tokens=tokens,
             session=session,
-            forwarder=Forwarder(ForwardSettings.from_config(config), tenants, tokens, session),
+            forwarder=Forwarder(settings, tenants, tokens, session, observer),
             token_endpoint=TokenEndpoint(tenants, tokens),
+            metrics=metrics,
         )
         app[RUNTIME] = runtime
+        metrics.track_tokens(tokens)
         try:
             yield
         finally:
             runtime.draining = True
+            metrics.track_tokens(None)
             await tokens.close()
             await store.close()
     finally:
@@ -127,13 +136,20 @@ async def _oauth_token(request: web.Request) -> web.StreamResponse:
     return await request.app[RUNTIME].token_endpoint.oauth_token(request)
 
 
-def create_app(config: Config) -> web.Application:
-    """The app-facing proxy application; its routes are added once its resources are open."""
+def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
+    """The app-facing proxy application; its metrics go to `registry` (a fresh one if None)."""
+    metrics = Metrics(
+        registry if registry is not None else CollectorRegistry(),
+        tenant_label=config.metrics.tenant_label,
+        max_tenants=config.tenant.max_tenants,
+    )
     app = web.Application(
-        middlewares=[error_middleware],
+        # The access middleware is outermost: it sees the proxy's own error answers too.
+        middlewares=[access_middleware(metrics, log_requests=config.log.access), error_middleware],
         client_max_size=max(config.listen.max_body_bytes, 1024),
     )
     app[CONFIG] = config
+    app[METRICS] = metrics
     app.cleanup_ctx.append(_runtime_ctx)
     local = config.local_token_endpoint
     app.router.add_get(
@@ -141,31 +157,4 @@ def create_app(config: Config) -> web.Application:
     )
     app.router.add_post("/oauth/token", _oauth_token if local else local_endpoint_disabled)
     app.router.add_route("*", "/{path:.*}", _forward)
-    return app
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process answers."""
-    return web.json_response({"status": "ok", "version": __version__})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the credential source is usable and the proxy is not draining."""
-    runtime = request.app[PROXY_APP].get(RUNTIME)
-    if runtime is None:
-        return web.json_response({"status": "starting"}, status=503)
-    if runtime.draining:
-        return web.json_response({"status": "draining"}, status=503)
-    if not await runtime.credentials.ready():
-        source = runtime.config.credentials.source
-        return web.json_response({"status": f"{source} unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
-
-
-def create_admin_app(proxy_app: web.Application) -> web.Application:
-    """The operator-facing listener: health and readiness (metrics and the page come later)."""
-    app = web.Application()
-    app[PROXY_APP] = proxy_app
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
     return app

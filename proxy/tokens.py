@@ -33,6 +33,7 @@ log = logging.getLogger("proxy.tokens")
 
 Clock = Callable[[], float]
 TokenStateName = Literal["valid", "refreshing", "expired", "failing"]
+FetchOutcome = Literal["success", "rejected", "error"]
 
 # The contract: a token counts as expired min(30 s, 10 % of its lifetime) before `expires_in`.
 EXPIRY_MARGIN_SECONDS = 30.0
@@ -86,6 +87,15 @@ class CredentialProvider(Protocol):
     """Looks up a tenant's OAuth client; raises proxy errors such as `UnknownTenant`."""
 
     async def get(self, tenant: str) -> TenantCredentials: ...
+
+
+class TokenObserver(Protocol):
+    """Told of every cache lookup and token request, e.g. to count them in metrics."""
+
+    def cache_lookup(self, *, hit: bool) -> None: ...
+
+    # Only for real token requests: the tenant's credential record was found.
+    def token_fetch(self, tenant: str, outcome: FetchOutcome) -> None: ...
 
 
 class GenesysTokenFetcher:
@@ -244,6 +254,8 @@ class TenantTokenState:
     last_error_code: str | None
     last_error_message: str | None
     fetches: int
+    # Wall-clock time at which Genesys said the cached token expires; None without a token.
+    expires_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -275,6 +287,7 @@ class TokenManager:
         max_tenants: int = 10_000,
         rejected_ttl: float = 10.0,
         clock: Clock = time.monotonic,
+        observer: TokenObserver | None = None,
     ) -> None:
         if not 0.0 < refresh_at <= 1.0:
             raise ValueError(f"refresh_at must be in (0, 1], not {refresh_at}")
@@ -286,6 +299,7 @@ class TokenManager:
         self._max_tenants = max_tenants
         self._rejected_ttl = rejected_ttl
         self._clock = clock
+        self._observer = observer
         # Least recently used first; tokens and all per-tenant bookkeeping share this one bound.
         self._entries: OrderedDict[str, _TenantEntry] = OrderedDict()
         self._flights: SingleFlight[str, Token] = SingleFlight("token-fetch")
@@ -301,6 +315,8 @@ class TokenManager:
             token = entry.token
             if token is not None and self._clock() < entry.fresh_until:
                 self._entries.move_to_end(tenant)
+                if self._observer is not None:
+                    self._observer.cache_lookup(hit=True)
                 return token
         return await self._get_slow(tenant, entry)
 
@@ -311,10 +327,14 @@ class TokenManager:
             token = entry.token
             if token is not None and now < token.usable_until:
                 self._refresh_in_background(tenant, entry, now)
+                if self._observer is not None:
+                    self._observer.cache_lookup(hit=True)
                 return token
             if entry.rejected is not None and now < entry.rejected_until:
                 # A fresh exception each time: re-raising one instance keeps growing its traceback.
                 raise GenesysAuthFailed(entry.rejected.message, tenant=tenant)
+        if self._observer is not None:
+            self._observer.cache_lookup(hit=False)
         return await self._flights.do(tenant, functools.partial(self._fetch, tenant))
 
     async def refresh(self, tenant: str) -> Token:
@@ -393,8 +413,13 @@ class TokenManager:
         try:
             token = await self._fetcher.fetch(credentials)
         except Exception as exc:
+            if self._observer is not None:
+                rejected = isinstance(exc, GenesysAuthFailed)
+                self._observer.token_fetch(tenant, "rejected" if rejected else "error")
             self._fetch_failed(tenant, entry, exc)
             raise
+        if self._observer is not None:
+            self._observer.token_fetch(tenant, "success")
         # After an `evict` the caller still gets the token, but it is not cached.
         if self._evictions == evictions and self._entries.get(tenant) is entry:
             entry.token = token
@@ -479,4 +504,5 @@ class TokenManager:
             last_error_code=entry.last_error_code,
             last_error_message=entry.last_error_message,
             fetches=entry.fetches,
+            expires_at=token.obtained_wall + token.lifetime if token is not None else None,
         )

@@ -22,8 +22,10 @@ from typing import Any
 import hvac
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from proxy.app import RUNTIME, Runtime, create_admin_app, create_app
+from proxy.admin import create_admin_app
+from proxy.app import RUNTIME, Runtime, create_app
 from proxy.config import parse_config
 from proxy.regions import resolve_region
 from proxy.simulator import GenesysSimulator
@@ -294,9 +296,15 @@ class ProxyHarness:
     async def start(self, overrides: Mapping[str, Any] | None = None) -> ProxyHarness:
         config = parse_config(deep_merge(self.base_config(), overrides or {}))
         self.app = create_app(config)
-        self.client = await self._aiohttp_client(self.app)
-        self.admin = await self._aiohttp_client(create_admin_app(self.app))
+        self.client = await self._serve(self.app)
+        self.admin = await self._serve(create_admin_app(self.app))
         return self
+
+    async def _serve(self, app: web.Application) -> Any:
+        # As the daemon runs it (server.py): aiohttp's access log off, the proxy writes its own.
+        server = TestServer(app)
+        await server.start_server(access_log=None)
+        return await self._aiohttp_client(server)
 
     @property
     def runtime(self) -> Runtime:
