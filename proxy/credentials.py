@@ -106,6 +106,10 @@ class VaultCredentialSource:
     def __repr__(self) -> str:
         return f"VaultCredentialSource({self._session!r}, path={self._path_template!r})"
 
+    @property
+    def session(self) -> VaultSession:
+        return self._session
+
     async def start(self) -> None:
         await self._session.start()
 
