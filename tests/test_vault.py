@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import hvac
-import hvac.api.auth_methods
 import pytest
 
 from proxy.config import VaultAuthConfig, VaultConfig
@@ -267,41 +266,6 @@ async def test_approle_with_a_wrong_secret_id_is_not_ready(
     assert session.last_error is not None
     assert "refuses the approle login" in session.last_error
     assert "not-the-secret-id" not in session.last_error
-
-
-@pytest.mark.parametrize(
-    ("mount", "expected_mount"), [(None, "kubernetes"), ("k8s-prod", "k8s-prod")]
-)
-async def test_kubernetes_login_sends_role_jwt_and_mount(
-    openbao: OpenBao,
-    make_session: SessionFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    mount: str | None,
-    expected_mount: str,
-) -> None:
-    # A dev server has no Kubernetes API to review service-account tokens: stand in for the
-    # login call only, and hand out the root token as Vault would a role's token.
-    logins: list[tuple[str, str, str]] = []
-
-    def login(self: Any, role: str, jwt: str, use_token: bool = True, mount_point: str = "") -> Any:
-        logins.append((role, jwt, mount_point))
-        self._adapter.token = openbao.root_token
-        return {"auth": {"client_token": openbao.root_token, "lease_duration": 600}}
-
-    monkeypatch.setattr(hvac.api.auth_methods.Kubernetes, "login", login)
-    jwt_file = tmp_path / "token"
-    jwt_file.write_text("eyJhbGciOi.service-account.jwt\n")
-    config = VaultConfig(
-        address=openbao.address,
-        auth=VaultAuthConfig(method="kubernetes", role="proxy", jwt_file=jwt_file, mount=mount),
-    )
-    session = make_session(config)
-    await session.start()
-    assert logins == [("proxy", "eyJhbGciOi.service-account.jwt", expected_mount)]
-    assert session.token_info is not None
-    assert session.token_info.ttl == 600
-    assert await session.ready()
 
 
 async def test_namespace_is_honoured(
