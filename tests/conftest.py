@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import pytest
 from aiohttp import web
 
@@ -359,4 +360,13 @@ def create_vault_namespace(bao: OpenBao, name: str) -> hvac.Client:
     bao.client().sys.create_namespace(name)
     inside = hvac.Client(url=bao.address, token=bao.root_token, namespace=name, timeout=5)
     inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
-    return inside
+    # A new KV v2 mount answers "Upgrading from non-versioned to versioned data" for a moment.
+    deadline = time.monotonic() + OPENBAO_START_TIMEOUT
+    while True:
+        try:
+            inside.secrets.kv.v2.read_configuration()
+            return inside
+        except hvac.exceptions.InvalidRequest:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import hvac
 import pytest
 
 from proxy.config import VaultAuthConfig, VaultConfig
 from proxy.errors import TenantForbidden, VaultUnavailable
 from proxy.vault import VaultSession
-from tests.conftest import FakeClock, OpenBao, find_free_port
+from tests.conftest import FakeClock, OpenBao, create_vault_namespace, find_free_port
 
 SessionFactory = Callable[..., VaultSession]
 
@@ -271,9 +270,7 @@ async def test_approle_with_a_wrong_secret_id_is_not_ready(
 async def test_namespace_is_honoured(
     openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
 ) -> None:
-    openbao.client().sys.create_namespace(tenant_prefix)
-    inside = hvac.Client(url=openbao.address, token=openbao.root_token, namespace=tenant_prefix)
-    inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    inside = create_vault_namespace(openbao, tenant_prefix)
     inside.secrets.kv.v2.create_or_update_secret(path="genesys/tenants/acme", secret={"n": "ns"})
     session = make_session(token_config(openbao, namespace=tenant_prefix))
     assert await session.read("genesys/tenants/acme") == {"n": "ns"}
