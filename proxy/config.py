@@ -25,6 +25,8 @@ VAULT_ENV = {
     "VAULT_NAMESPACE": ("vault", "namespace"),
     "VAULT_CACERT": ("vault", "ca_cert"),
     "VAULT_TOKEN": ("vault", "auth", "token"),
+    # Not a Vault variable: the injector sets it per pod, so one ConfigMap serves every role.
+    "GENESYS_PROXY_VAULT_ROLE": ("vault", "auth", "role"),
 }
 
 
