@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.access_log import RequestObserver, access_middleware
 from proxy.config import Config
-from proxy.credentials import CredentialStore, create_credential_source
+from proxy.credentials import CredentialStore, VaultCredentialSource, create_credential_source
 from proxy.forward import (
     Forwarder,
     ForwardSettings,
@@ -30,6 +30,7 @@ from proxy.forward import (
 )
 from proxy.metrics import Metrics
 from proxy.tokens import GenesysTokenFetcher, TokenManager
+from proxy.vault_renewal import VaultRenewer
 
 log = logging.getLogger("proxy.app")
 
@@ -123,6 +124,16 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _vault_renewal_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keep the Vault token alive (renew, log in again) while the app runs; Vault source only."""
+    source = app[RUNTIME].credentials.source
+    if not isinstance(source, VaultCredentialSource):
+        yield
+        return
+    async with VaultRenewer(source.session).running():
+        yield
+
+
 # The router freezes before resources open, so routes dispatch through the Runtime.
 async def _forward(request: web.Request) -> web.StreamResponse:
     return await request.app[RUNTIME].forwarder(request)
@@ -151,6 +162,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app[CONFIG] = config
     app[METRICS] = metrics
     app.cleanup_ctx.append(_runtime_ctx)
+    app.cleanup_ctx.append(_vault_renewal_ctx)  # after the runtime: stops before it closes
     local = config.local_token_endpoint
     app.router.add_get(
         "/auth/token", _get_token if local else local_endpoint_disabled, allow_head=False

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8080, help="proxy port (default 8080)")
     demo.add_argument("--admin-port", type=_port, default=9090, help="admin port (default 9090)")
     add_inject_command(commands)
+    from proxy.tenant_cli import add_tenant_commands  # imports this module: import it late
+
+    add_tenant_commands(commands)
     return parser
 
 
@@ -108,6 +111,10 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
             run(config)
             return EXIT_OK
+        if args.command == "tenant":
+            from proxy.tenant_cli import run_tenant_command
+
+            return run_tenant_command(args, env)
         if args.command == "demo":
             from proxy.demo import run_demo
 

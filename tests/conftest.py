@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -351,3 +352,29 @@ async def harness(sim: GenesysSimulator, openbao: Any, aiohttp_client: Any) -> P
 def free_port() -> int:
     """A loopback port with nothing listening on it."""
     return find_free_port()
+
+
+@pytest.fixture
+async def kubernetes_cluster(tmp_path: Path) -> AsyncIterator[Any]:
+    """A stand-in for a cluster's TokenReview API (HTTPS), for OpenBao's kubernetes auth."""
+    from tests.kubernetes_standin import KubernetesStandIn
+
+    async with KubernetesStandIn(tmp_path).running() as cluster:
+        yield cluster
+
+
+def create_vault_namespace(bao: OpenBao, name: str) -> hvac.Client:
+    """A fresh OpenBao namespace with KV v2 at secret/, so tests can use fixed paths in it."""
+    bao.client().sys.create_namespace(name)
+    inside = hvac.Client(url=bao.address, token=bao.root_token, namespace=name, timeout=5)
+    inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    # A new KV v2 mount answers "Upgrading from non-versioned to versioned data" for a moment.
+    deadline = time.monotonic() + OPENBAO_START_TIMEOUT
+    while True:
+        try:
+            inside.secrets.kv.v2.read_configuration()
+            return inside
+        except hvac.exceptions.InvalidRequest:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
