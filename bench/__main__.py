@@ -96,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "sidecar")
     args = _parser().parse_args(args_list)
     _raise_open_files_limit()
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        # Old logs would be read as new ones (OpenBao's audit log is appended to).
+        print(f"bench: error: --workdir {args.workdir} is not empty", file=sys.stderr)
+        return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="genesys-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

@@ -24,6 +24,8 @@ from bench.sidecar import load, rig
 from bench.tools import require_programs
 
 ATTACH_SECONDS = 1.0
+CALLER_DEPTH = 3
+IDLE_WORKER = "_worker (concurrent/futures/thread.py)"
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,14 @@ class Settings:
 
 @dataclass(frozen=True)
 class Ranking:
-    """Sample counts by function (self and inclusive) and by module, from collapsed stacks."""
+    """Sample counts by function (self and inclusive), by module, and the top function's callers."""
 
     total: int
+    idle_dropped: int
     self_time: Counter[str]
     inclusive: Counter[str]
     modules: Counter[str]
+    top_callers: Counter[str]
 
 
 def py_spy() -> str:
@@ -87,12 +91,15 @@ def run(settings: Settings, *, install: bool, workdir: Path) -> int:
     print(
         f"profile of the proxy: {ranking.total} samples at {settings.rate} Hz while wrk sent "
         f"{result.requests_per_second:,.0f} req/s over {settings.connections} connections "
-        f"(slowed by sampling); stacks in {stacks}"
+        f"(slowed by sampling; {ranking.idle_dropped} samples of idle pool threads left out); "
+        f"stacks in {stacks}"
     )
-    for title, counts in (
-        ("self time (function on top of the stack)", ranking.self_time),
-        ("inclusive time (function anywhere on the stack)", ranking.inclusive),
-        ("self time by module", ranking.modules),
+    top = ranking.self_time.most_common(1)[0][0]
+    for title, column, counts in (
+        ("self time (function on top of the stack)", "function", ranking.self_time),
+        ("inclusive time (function anywhere on the stack)", "function", ranking.inclusive),
+        ("self time by module", "module", ranking.modules),
+        (f"callers of {top}", "callers, innermost first", ranking.top_callers),
     ):
         rows = [
             [name, f"{100 * count / ranking.total:.1f}"]
@@ -100,30 +107,43 @@ def run(settings: Settings, *, install: bool, workdir: Path) -> int:
         ]
         print()
         print(title)
-        print(report.table(["function" if "module" not in title else "module", "%"], rows))
+        print(report.table([column, "%"], rows))
     return 0
 
 
 def rank(collapsed: str) -> Ranking:
     """Rank py-spy's raw output: lines of `frame;frame;...;frame count`, innermost last."""
-    self_time: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    modules: Counter[str] = Counter()
-    total = 0
+    stacks: list[tuple[list[str], int]] = []
+    idle = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
-        count = int(count_text)
-        total += count
-        frames = [_function(frame) for frame in stack.split(";")]
-        self_time[frames[-1]] += count
-        modules[_module(stack.split(";")[-1])] += count
-        for name in set(frames):
-            inclusive[name] += count
-    if total == 0:
+        frames = stack.split(";")
+        # A thread-pool worker parked in queue.get() looks busy to py-spy; it is not.
+        if _function(frames[-1]) == IDLE_WORKER:
+            idle += int(count_text)
+            continue
+        stacks.append((frames, int(count_text)))
+    if not stacks:
         raise BenchError("py-spy recorded no samples of the proxy")
-    return Ranking(total, self_time, inclusive, modules)
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    modules: Counter[str] = Counter()
+    for frames, count in stacks:
+        names = [_function(frame) for frame in frames]
+        self_time[names[-1]] += count
+        modules[_module(frames[-1])] += count
+        for name in set(names):
+            inclusive[name] += count
+    # The top function is usually a socket send: who calls it tells which write it is.
+    top = self_time.most_common(1)[0][0]
+    callers: Counter[str] = Counter()
+    for frames, count in stacks:
+        names = [_function(frame) for frame in frames]
+        if names[-1] == top:
+            callers[" < ".join(reversed(names[-CALLER_DEPTH - 1 : -1]))] += count
+    return Ranking(sum(self_time.values()), idle, self_time, inclusive, modules, callers)
 
 
 def _function(frame: str) -> str:
