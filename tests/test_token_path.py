@@ -7,6 +7,7 @@ work lands: OpenBao's audit log and the simulator's login service. Counts only, 
 from __future__ import annotations
 
 import json
+import resource
 from collections import Counter
 from typing import Any
 
@@ -33,9 +34,18 @@ def vault_reads(openbao: OpenBao, paths: set[str]) -> Counter[str]:
     return reads
 
 
+def raise_open_files_limit(wanted: int = 8192) -> None:
+    """Client, proxy and simulator share this process: 1,000 connections need ~3,000 files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 async def test_cold_burst_over_many_tenants_reads_vault_and_fetches_a_token_once_per_tenant(
     harness: ProxyHarness, openbao: OpenBao
 ) -> None:
+    raise_open_files_limit()
     tenants = [harness.add_tenant(f"burst{index:03d}") for index in range(TENANTS)]
     await harness.start()
 
