@@ -75,7 +75,14 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         keepalive_timeout=30,
         enable_cleanup_closed=False,
     )
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
+    # One session serves every tenant: a cookie jar would replay one tenant's cookies (a load
+    # balancer's stickiness cookie, say) on another's requests. Cookies pass through instead.
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
     source = create_credential_source(config, on_vault_request=metrics.vault_request)
     try:
         await source.start()
