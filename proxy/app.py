@@ -90,6 +90,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             source,
             ttl=config.credentials.ttl,
             negative_ttl=config.credentials.negative_ttl,
+            stale_ttl=config.credentials.stale_ttl,
             max_entries=config.tenant.max_tenants,
         )
         fetcher = GenesysTokenFetcher(

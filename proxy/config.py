@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class ListenConfig:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     shutdown_grace: float = 20.0
+    idle_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class CredentialsConfig:
     file: Path | None = None
     ttl: float = 300.0
     negative_ttl: float = 30.0
+    stale_ttl: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             port=listen.port("port", ListenConfig.port),
             max_body_bytes=listen.integer("max_body_bytes", ListenConfig.max_body_bytes, low=0),
             shutdown_grace=listen.number("shutdown_grace", ListenConfig.shutdown_grace, low=0),
+            idle_timeout=listen.number("idle_timeout", ListenConfig.idle_timeout, low=0.1),
         ),
         admin=AdminConfig(
             host=admin.string("host", AdminConfig.host),
@@ -189,6 +193,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             file=creds.path("file"),
             ttl=creds.number("ttl", CredentialsConfig.ttl, low=0),
             negative_ttl=creds.number("negative_ttl", CredentialsConfig.negative_ttl, low=0),
+            stale_ttl=creds.number("stale_ttl", CredentialsConfig.stale_ttl, low=0),
         ),
         vault=VaultConfig(
             address=vault_data.url("address", VaultConfig.address),
@@ -328,6 +333,9 @@ class _Section:
         value = self._typed(name, (int, float), "a number")
         if value is None:
             return default
+        # YAML reads .nan and .inf as floats; NaN passes every comparison below.
+        if not math.isfinite(value):
+            raise ConfigError(self.key(name), f"must be a finite number, not {value}")
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigError(self.key(name), f"must be {bounds}, not {value}")

@@ -21,6 +21,7 @@ from proxy.errors import (
     InvalidTenantCredentials,
     ProxyError,
     UnknownTenant,
+    VaultUnavailable,
 )
 from proxy.regions import resolve_region
 from proxy.singleflight import SingleFlight
@@ -254,12 +255,28 @@ class _FileProblem(Exception):
     """The credentials file cannot be used; the message names the file, never a secret."""
 
 
+# While the source stays unavailable, a stale record is served without asking it again for this
+# long, so requests do not each wait on a Vault that times out.
+STALE_RECHECK_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _Cached:
+    """A cached record and the time until which it is fresh (read from the source since)."""
+
+    record: TenantCredentials
+    fresh_until: float
+
+
 class CredentialStore:
     """Cached credential records in front of a source: one source read per tenant at a time.
 
-    Records stay `ttl` seconds; an unknown tenant is remembered `negative_ttl` seconds so a
-    flood of requests for it reads the source once per window. Other failures (forbidden,
-    Vault unavailable, invalid records) are not cached: the next request tries again.
+    Records are fresh for `ttl` seconds. When a fresh read fails because the source is
+    unavailable (Vault down, sealed, failing), the expired record is served for up to
+    `stale_ttl` seconds more (stale-if-error), counted in `stale_served` and logged. An unknown
+    tenant is remembered `negative_ttl` seconds so a flood of requests for it reads the source
+    once per window. Other answers (forbidden, invalid records) are not cached, never served
+    stale: the next request asks again.
     """
 
     def __init__(
@@ -269,11 +286,15 @@ class CredentialStore:
         ttl: float,
         negative_ttl: float,
         max_entries: int,
+        stale_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
-        self._records: TTLCache[str, TenantCredentials] = TTLCache(
-            maxsize=max_entries, ttl=ttl, timer=clock
+        self._ttl = ttl
+        self._clock = clock
+        # Kept for ttl + stale_ttl; whether an entry is still fresh is in the entry itself.
+        self._records: TTLCache[str, _Cached] = TTLCache(
+            maxsize=max_entries, ttl=ttl + stale_ttl, timer=clock
         )
         self._unknown: TTLCache[str, str] = TTLCache(
             maxsize=max_entries, ttl=negative_ttl, timer=clock
@@ -282,6 +303,7 @@ class CredentialStore:
         # Bumped by invalidate(): a read that started before must not cache its stale result.
         self._invalidations = 0
         self.reads = 0
+        self.stale_served = 0
 
     @property
     def source(self) -> CredentialSource:
@@ -289,9 +311,9 @@ class CredentialStore:
 
     async def get(self, tenant: str) -> TenantCredentials:
         """Return the tenant's record, from the cache or read once however many callers wait."""
-        record = self._records.get(tenant)
-        if record is not None:
-            return record
+        cached = self._records.get(tenant)
+        if cached is not None and self._clock() < cached.fresh_until:
+            return cached.record
         unknown = self._unknown.get(tenant)
         if unknown is not None:
             raise UnknownTenant(unknown, tenant=tenant)
@@ -299,8 +321,9 @@ class CredentialStore:
         return await self._flights.do(tenant, read)
 
     def cached(self, tenant: str) -> TenantCredentials | None:
-        """The cached record of `tenant`, without reading the source."""
-        return self._records.get(tenant)
+        """The cached record of `tenant` (fresh or stale), without reading the source."""
+        cached = self._records.get(tenant)
+        return None if cached is None else cached.record
 
     def invalidate(self, tenant: str) -> None:
         """Forget the tenant's record (and that it was unknown); the next get reads the source."""
@@ -327,9 +350,31 @@ class CredentialStore:
             if invalidations == self._invalidations:
                 self._unknown[tenant] = exc.message
             raise
+        except VaultUnavailable as exc:
+            cached = self._records.get(tenant)
+            if cached is None or invalidations != self._invalidations:
+                raise
+            return self._serve_stale(tenant, cached, exc)
         if invalidations == self._invalidations:
-            self._records[tenant] = record
+            self._records[tenant] = _Cached(record, self._clock() + self._ttl)
         return record
+
+    def _serve_stale(
+        self, tenant: str, cached: _Cached, exc: VaultUnavailable
+    ) -> TenantCredentials:
+        # Mutated in place: assigning would restart the entry's time in the cache, and so
+        # stretch the stale grace past stale_ttl.
+        cached.fresh_until = self._clock() + min(
+            STALE_RECHECK_SECONDS, self._ttl or STALE_RECHECK_SECONDS
+        )
+        self.stale_served += 1
+        log.warning(
+            "serving the cached credentials of tenant %s past their ttl: %s",
+            tenant,
+            exc.message,
+            extra={"tenant": tenant, "outcome": "stale"},
+        )
+        return cached.record
 
 
 def create_credential_source(

@@ -115,6 +115,13 @@ class TokenUnavailable(ProxyError):
     code = "token_unavailable"
     default_retry_after = 5.0
 
+    def __init__(
+        self, message: str, *, tenant: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, tenant=tenant, retry_after=retry_after)
+        # What the token endpoint itself asked for (its Retry-After), unlike the default above.
+        self.requested_retry_after = retry_after
+
 
 class UpstreamUnreachable(ProxyError):
     status = 502

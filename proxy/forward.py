@@ -10,6 +10,7 @@ A request's path through this module:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -54,6 +55,9 @@ HOP_BY_HOP = frozenset(
 # Bodies up to this size are read before forwarding, so a 401 can be answered by a replay.
 REPLAY_BUFFER_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
+# The methods of a REST API. Anything else (TRACE, WebDAV, made-up tokens) is refused rather
+# than sent to Genesys with a live token attached.
+FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Without these, aiohttp's client would add headers the app never sent.
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
 
@@ -115,6 +119,9 @@ async def error_middleware(
     try:
         if request.method == "CONNECT":
             raise BadRequest("CONNECT is not supported: this proxy only forwards to Genesys Cloud")
+        if request.method not in FORWARDED_METHODS:
+            shown = request.method[:32]
+            raise BadRequest(f"the method {shown!r} is not supported by Genesys Cloud's API")
         if not request.raw_path.startswith("/"):
             raise BadRequest("the request target must be a path, not an absolute URL")
         return await handler(request)
@@ -124,6 +131,11 @@ async def error_middleware(
                 "request failed: %s %s", exc.code, exc.message, extra={"tenant": exc.tenant}
             )
         return error_response(exc)
+    except (ConnectionResetError, asyncio.IncompleteReadError) as exc:
+        # The app closed or cut its request short: its fault, not the proxy's. If it is still
+        # there it gets a 400; if it is gone, aiohttp drops the answer quietly.
+        log.info("the client went away mid-request (%s)", type(exc).__name__)
+        return error_response(BadRequest("the request ended before its body was complete"))
     except web.HTTPRequestEntityTooLarge:
         # aiohttp's own limit, hit by request.post() on the local token endpoint.
         return error_response(BodyTooLarge("the request body is over the configured limit"))
@@ -260,6 +272,9 @@ class Forwarder:
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, BodyTooLarge):
                 raise exc.__cause__ from None
+            if request.transport is None or request.transport.is_closing():
+                # Reading the app's streamed body failed because the app went away.
+                raise ConnectionResetError("the client closed the connection") from exc
             raise UpstreamUnreachable(
                 f"could not reach Genesys Cloud ({token.domain}): {type(exc).__name__}",
                 tenant=tenant,
@@ -293,7 +308,12 @@ class Forwarder:
             await response.prepare(request)
             try:
                 async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
-                    await response.write(chunk)
+                    try:
+                        await response.write(chunk)
+                    except ConnectionResetError:
+                        # The app hung up mid-answer; releasing `upstream` drops its connection.
+                        log.debug("the client went away mid-answer")
+                        return response
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The status line is gone already: all that is left is to cut the connection,
                 # so the app sees a truncated answer rather than a complete-looking one.

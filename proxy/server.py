@@ -19,6 +19,7 @@ from aiohttp import web
 from proxy.admin import create_admin_app
 from proxy.app import RUNTIME, create_app
 from proxy.config import Config
+from proxy.listener import listener_options
 
 log = logging.getLogger("proxy.server")
 
@@ -38,6 +39,7 @@ class Server:
             self.proxy_app,
             access_log=None,
             shutdown_timeout=config.listen.shutdown_grace,
+            **listener_options(config.listen),
         )
         self._admin_runner = web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=2.0)
         self.proxy_port = config.listen.port

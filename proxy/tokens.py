@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import math
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 
 from proxy.credentials import TenantCredentials
-from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable
+from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, VaultUnavailable
 from proxy.singleflight import SingleFlight
 
 log = logging.getLogger("proxy.tokens")
@@ -39,8 +40,12 @@ FetchOutcome = Literal["success", "rejected", "error"]
 EXPIRY_MARGIN_SECONDS = 30.0
 EXPIRY_MARGIN_FRACTION = 0.1
 
-# A failed background refresh is not retried sooner than this, per tenant.
-REFRESH_RETRY_FLOOR = 1.0
+# After a failed fetch a tenant waits before the next one: full jitter between BACKOFF_BASE and
+# a ceiling that doubles with each consecutive failure, up to BACKOFF_CAP (seconds).
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+# A token endpoint's Retry-After is honoured up to this: a broken header must not lock a tenant out.
+RETRY_AFTER_CAP = 300.0
 
 # OAuth error codes with which a token endpoint says the client itself is bad (RFC 6749 5.2).
 _REJECTED_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "access_denied"})
@@ -269,6 +274,11 @@ class _TenantEntry:
     rejected: GenesysAuthFailed | None = None
     rejected_until: float = -math.inf
     failing: bool = False
+    # Backoff after transient failures: no fetch starts before `retry_at`, and a request without
+    # a usable token meanwhile gets `failure` again at once rather than waiting on a new fetch.
+    failures: int = 0
+    retry_at: float = -math.inf
+    failure: ProxyError | None = None
     last_refresh: float | None = None
     last_error_code: str | None = None
     last_error_message: str | None = None
@@ -286,20 +296,30 @@ class TokenManager:
         refresh_at: float = 0.8,
         max_tenants: int = 10_000,
         rejected_ttl: float = 10.0,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
         clock: Clock = time.monotonic,
         observer: TokenObserver | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         if not 0.0 < refresh_at <= 1.0:
             raise ValueError(f"refresh_at must be in (0, 1], not {refresh_at}")
         if max_tenants < 1:
             raise ValueError(f"max_tenants must be at least 1, not {max_tenants}")
+        if not 0.0 < backoff_base <= backoff_cap:
+            raise ValueError(
+                f"need 0 < backoff_base <= backoff_cap, not {backoff_base}, {backoff_cap}"
+            )
         self._credentials = credentials
         self._fetcher = fetcher
         self._refresh_at = refresh_at
         self._max_tenants = max_tenants
         self._rejected_ttl = rejected_ttl
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
         self._clock = clock
         self._observer = observer
+        self._jitter = jitter
         # Least recently used first; tokens and all per-tenant bookkeeping share this one bound.
         self._entries: OrderedDict[str, _TenantEntry] = OrderedDict()
         self._flights: SingleFlight[str, Token] = SingleFlight("token-fetch")
@@ -333,6 +353,9 @@ class TokenManager:
             if entry.rejected is not None and now < entry.rejected_until:
                 # A fresh exception each time: re-raising one instance keeps growing its traceback.
                 raise GenesysAuthFailed(entry.rejected.message, tenant=tenant)
+            if entry.failure is not None and now < entry.retry_at:
+                # Backing off: answer at once instead of piling requests onto a failing endpoint.
+                raise _again(entry.failure, tenant, entry.retry_at - now)
         if self._observer is not None:
             self._observer.cache_lookup(hit=False)
         return await self._flights.do(tenant, functools.partial(self._fetch, tenant))
@@ -381,7 +404,7 @@ class TokenManager:
     def _refresh_in_background(self, tenant: str, entry: _TenantEntry, now: float) -> None:
         if self._closed or self._flights.in_flight(tenant):
             return
-        if entry.rejected is not None and now < entry.rejected_until:
+        if (entry.rejected is not None and now < entry.rejected_until) or now < entry.retry_at:
             return
         task = asyncio.create_task(self._background_refresh(tenant), name=f"token-refresh:{tenant}")
         self._background.add(task)
@@ -392,10 +415,16 @@ class TokenManager:
         with contextlib.suppress(Exception):
             await self._flights.do(tenant, functools.partial(self._fetch, tenant))
 
-    def _refresh_retry_delay(self, tenant: str, exc: Exception) -> float:
-        """How long to wait before the next background refresh after a failed one."""
-        # The seam for capped exponential backoff with jitter, honouring exc.retry_after.
-        return REFRESH_RETRY_FLOOR
+    def _refresh_retry_delay(self, tenant: str, exc: Exception, failures: int) -> float:
+        """Seconds before the next fetch after `failures` consecutive failed ones."""
+        # Full jitter spreads tenants that failed together (a login outage) over the window, so
+        # they do not come back in lockstep; the floor keeps a tenant from retrying at once.
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(failures - 1, 32))
+        delay = max(self._backoff_base, self._jitter() * ceiling)
+        asked = exc.requested_retry_after if isinstance(exc, TokenUnavailable) else None
+        if asked is not None:
+            delay = max(delay, min(asked, RETRY_AFTER_CAP))
+        return delay
 
     async def _fetch(self, tenant: str) -> Token:
         """One credential lookup and one token request; runs inside the single-flight task."""
@@ -427,6 +456,9 @@ class TokenManager:
         entry.rejected = None
         entry.rejected_until = -math.inf
         entry.failing = False
+        entry.failures = 0
+        entry.retry_at = -math.inf
+        entry.failure = None
         entry.last_refresh = token.obtained_wall
         log.info(
             "token fetched for tenant %s (region %s, lifetime %.0fs)",
@@ -447,31 +479,40 @@ class TokenManager:
             # Not a proxy error, so its text is unvetted: keep only the type name.
             entry.last_error_code = "internal_error"
             entry.last_error_message = f"Unexpected {type(exc).__name__} while fetching a token."
+        outcome = "error"
+        delay: float | None = None
         if isinstance(exc, GenesysAuthFailed):
             entry.rejected = exc
             entry.rejected_until = now + self._rejected_ttl
             outcome = "rejected"
-        else:
-            outcome = "error"
+        elif _transient(exc):
+            # Set here, as the fetch fails, so no request slips in to start another one at once.
+            entry.failures += 1
+            delay = self._refresh_retry_delay(tenant, exc, entry.failures)
+            entry.retry_at = now + delay
+            entry.failure = exc if isinstance(exc, ProxyError) else None
+            if isinstance(exc, TokenUnavailable | VaultUnavailable):
+                exc.retry_after = delay  # the callers of this fetch learn when to come back
         unexpected = not isinstance(exc, ProxyError)
         extra = {"tenant": tenant, "outcome": outcome}
+        retry = f"; next attempt in {delay:.1f}s" if delay is not None else ""
         token = entry.token
         if token is None or now >= token.usable_until:
             log.warning(
-                "token fetch for tenant %s failed: %s",
+                "token fetch for tenant %s failed%s: %s",
                 tenant,
+                retry,
                 entry.last_error_message,
                 extra=extra,
                 exc_info=unexpected,
             )
             return
-        # Set here, as the fetch fails, so no request slips in to start another refresh at once.
-        retry_at = now + self._refresh_retry_delay(tenant, exc)
-        entry.fresh_until = min(retry_at, token.usable_until)
+        entry.fresh_until = min(now + (delay or BACKOFF_BASE), token.usable_until)
         log.warning(
-            "token fetch for tenant %s failed, keeping the current token (%.0fs left): %s",
+            "token fetch for tenant %s failed, keeping the current token (%.0fs left)%s: %s",
             tenant,
             token.seconds_left(now),
+            retry,
             entry.last_error_message,
             extra=extra,
             exc_info=unexpected,
@@ -506,3 +547,22 @@ class TokenManager:
             fetches=entry.fetches,
             expires_at=token.obtained_wall + token.lifetime if token is not None else None,
         )
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether a failed fetch may succeed later by itself: an outage or a bug, not an answer."""
+    if isinstance(exc, ProxyError):
+        return isinstance(exc, TokenUnavailable | VaultUnavailable)
+    return True
+
+
+def _again(failure: ProxyError | None, tenant: str, retry_after: float) -> ProxyError:
+    """A fresh copy of a remembered failure (re-raising one instance grows its traceback)."""
+    if isinstance(failure, VaultUnavailable):
+        return VaultUnavailable(failure.message, tenant=tenant, retry_after=retry_after)
+    message = failure.message if failure is not None else "the last token fetch failed"
+    return TokenUnavailable(
+        f"{message} (backing off; next attempt in {retry_after:.0f}s)",
+        tenant=tenant,
+        retry_after=retry_after,
+    )

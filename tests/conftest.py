@@ -24,12 +24,21 @@ import hvac.exceptions
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import settings
 
 from proxy.admin import create_admin_app
 from proxy.app import RUNTIME, Runtime, create_app
 from proxy.config import parse_config
+from proxy.listener import listener_options
 from proxy.regions import resolve_region
 from proxy.simulator import GenesysSimulator
+
+# Property tests: a bounded example count, so .ci/run stays quick, and no deadline, because
+# tests never assert wall-clock times (the machine is shared). HYPOTHESIS_PROFILE=thorough for
+# a longer local search.
+settings.register_profile("ci", max_examples=60, deadline=None, database=None)
+settings.register_profile("thorough", max_examples=2_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 OPENBAO_ROOT_TOKEN = "root"
 OPENBAO_START_TIMEOUT = 20.0
@@ -183,11 +192,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
-    """One OpenBao dev server for the test session, on a free loopback port."""
-    home = tmp_path_factory.mktemp("openbao")
-    address = f"http://127.0.0.1:{_free_port_for_bao()}"
+def start_openbao(home: Path, address: str | None = None) -> OpenBao:
+    """Start a `bao server -dev` in `home` (on `address`, else a free port); wait until healthy.
+
+    A dev server keeps everything in memory: started again on the same address it is empty,
+    with the same root token.
+    """
+    address = address or f"http://127.0.0.1:{_free_port_for_bao()}"
     # The child gets a private HOME (the dev server writes ~/.vault-token) and no inherited
     # Vault settings; the test process's own environment is left alone.
     env = {
@@ -223,9 +234,25 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
     bao = OpenBao(address, OPENBAO_ROOT_TOKEN, process, log_path)
     try:
         _wait_until_healthy(bao)
+    except BaseException:
+        stop_openbao(bao)
+        raise
+    return bao
+
+
+def stop_openbao(bao: OpenBao) -> None:
+    """Stop the server (SIGTERM, then SIGKILL after 5 s) and wait for it to exit."""
+    _stop(bao.process)
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    """One OpenBao dev server for the test session, on a free loopback port."""
+    bao = start_openbao(tmp_path_factory.mktemp("openbao"))
+    try:
         yield bao
     finally:
-        _stop(process)
+        stop_openbao(bao)
 
 
 @pytest.fixture
@@ -239,9 +266,14 @@ def tenant_prefix() -> str:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[GenesysSimulator]:
-    """A running Genesys Cloud simulator on a free loopback port."""
+    """A running Genesys Cloud simulator on a free loopback port.
+
+    Every test that uses it also checks the contract's "an expired token is never injected":
+    the simulator counts each API request that carried an expired token.
+    """
     async with GenesysSimulator().running() as running:
         yield running
+        assert running.expired_tokens_seen() == 0, "the proxy injected an expired token"
 
 
 @dataclass(frozen=True)
@@ -263,6 +295,22 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+class ProxyTestServer(TestServer):
+    """aiohttp's test server, set up like the daemon's proxy listener.
+
+    It gets the daemon's listener options, and keeps handlers running when a client goes away
+    (aiohttp's test server cancels them; the daemon's runner, like aiohttp's default, does not).
+    """
+
+    def __init__(self, app: web.Application, options: Mapping[str, Any]) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self._options = dict(options)
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs.update(self._options, handler_cancellation=False)
+        return web.AppRunner(self.app, **kwargs)
 
 
 class ProxyHarness:
@@ -297,13 +345,12 @@ class ProxyHarness:
     async def start(self, overrides: Mapping[str, Any] | None = None) -> ProxyHarness:
         config = parse_config(deep_merge(self.base_config(), overrides or {}))
         self.app = create_app(config)
-        self.client = await self._serve(self.app)
-        self.admin = await self._serve(create_admin_app(self.app))
+        self.client = await self._serve(ProxyTestServer(self.app, listener_options(config.listen)))
+        self.admin = await self._serve(TestServer(create_admin_app(self.app)))
         return self
 
-    async def _serve(self, app: web.Application) -> Any:
+    async def _serve(self, server: TestServer) -> Any:
         # As the daemon runs it (server.py): aiohttp's access log off, the proxy writes its own.
-        server = TestServer(app)
         await server.start_server(access_log=None)
         return await self._aiohttp_client(server)
 

@@ -352,6 +352,84 @@ async def test_invalid_record_is_not_cached(clock: FakeClock) -> None:
     assert store.reads == 2
 
 
+async def test_expired_record_is_served_stale_while_vault_is_unavailable(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = FakeSource()
+    source.records["acme"] = ACME
+    store = make_store(source, clock, ttl=10, stale_ttl=100)
+    await store.get("acme")
+    clock.advance(11)
+    source.error = VaultUnavailable("Vault at http://127.0.0.1:1 is sealed or unavailable")
+    assert await store.get("acme") == ACME
+    assert (store.reads, store.stale_served) == (2, 1)
+    [warning] = [r for r in caplog.records if r.name == "proxy.credentials"]
+    assert "past their ttl" in warning.getMessage()
+    assert SECRET not in caplog.text
+
+    # While Vault stays down, the stale record is not re-read on every call ...
+    clock.advance(4.9)
+    for _ in range(10):
+        assert await store.get("acme") == ACME
+    assert store.reads == 2
+    # ... but it is retried every few seconds, and a fresh record replaces it once Vault is back.
+    clock.advance(0.2)
+    assert await store.get("acme") == ACME
+    assert (store.reads, store.stale_served) == (3, 2)
+    source.error = None
+    source.records["acme"] = replace(ACME, client_id="rotated-id")
+    clock.advance(5.1)
+    assert (await store.get("acme")).client_id == "rotated-id"
+    assert (store.reads, store.stale_served) == (4, 2)
+
+
+async def test_stale_grace_ends_stale_ttl_after_the_ttl(clock: FakeClock) -> None:
+    source = FakeSource()
+    source.records["acme"] = ACME
+    store = make_store(source, clock, ttl=10, stale_ttl=100)
+    await store.get("acme")
+    source.error = VaultUnavailable("cannot reach Vault at http://127.0.0.1:1")
+    clock.advance(109)
+    assert await store.get("acme") == ACME
+    clock.advance(1.1)
+    with pytest.raises(VaultUnavailable):
+        await store.get("acme")
+    assert store.cached("acme") is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TenantForbidden("Vault denies reading it", tenant="acme"),
+        UnknownTenant("no credential record for tenant 'acme'", tenant="acme"),
+        InvalidTenantCredentials("bad record", tenant="acme"),
+    ],
+)
+async def test_an_answer_from_vault_is_never_overridden_by_a_stale_record(
+    clock: FakeClock, error: Exception
+) -> None:
+    source = FakeSource()
+    source.records["acme"] = ACME
+    store = make_store(source, clock, ttl=10, stale_ttl=100)
+    await store.get("acme")
+    clock.advance(11)
+    source.error = error
+    with pytest.raises(type(error)):
+        await store.get("acme")
+    assert store.stale_served == 0
+
+
+async def test_stale_ttl_zero_turns_stale_if_error_off(clock: FakeClock) -> None:
+    source = FakeSource()
+    source.records["acme"] = ACME
+    store = make_store(source, clock, ttl=10, stale_ttl=0)
+    await store.get("acme")
+    clock.advance(10)
+    source.error = VaultUnavailable("Vault at http://127.0.0.1:1 is sealed or unavailable")
+    with pytest.raises(VaultUnavailable):
+        await store.get("acme")
+
+
 async def test_store_is_bounded(clock: FakeClock) -> None:
     source = FakeSource()
     for n in range(5):

@@ -245,12 +245,14 @@ async def test_token_expires_after_its_lifetime_by_the_injected_clock(
     token = await fetch_token(http)
     clock.advance(299)
     assert (await http.get(api("organizations/me"), headers=bearer(token))).status == 200
+    assert sim.expired_tokens_seen() == 0
 
     clock.advance(1)
     response = await http.get(api("organizations/me"), headers=bearer(token))
 
     assert response.status == 401
     assert (await response.json())["code"] == "credentials.expired"
+    assert sim.expired_tokens_seen() == 1
 
 
 async def test_revoked_token_is_bad_credentials(http: Client, sim: GenesysSimulator) -> None:
@@ -401,6 +403,18 @@ async def test_status_200_fault_only_delays_the_real_answer(
     assert response.status == 200
     assert "access_token" in await response.json()
     assert time.monotonic() - started >= 0.1
+
+
+async def test_status_200_fault_with_a_body_is_a_malformed_answer(
+    http: Client, sim: GenesysSimulator
+) -> None:
+    sim.inject_login_fault(status=200, body=b"<html>login</html>", content_type="text/html")
+
+    response = await request_token(http)
+
+    assert response.status == 200
+    assert await response.read() == b"<html>login</html>"
+    assert sim.tokens_issued() == 0
 
 
 async def test_clear_faults_drops_pending_faults(http: Client, sim: GenesysSimulator) -> None:

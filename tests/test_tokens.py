@@ -102,7 +102,9 @@ def fetcher(clock: FakeClock) -> FakeFetcher:
 async def manager(
     credentials: FakeCredentials, fetcher: FakeFetcher, clock: FakeClock
 ) -> AsyncIterator[TokenManager]:
-    manager = TokenManager(credentials, fetcher, refresh_at=0.8, rejected_ttl=10.0, clock=clock)
+    manager = TokenManager(
+        credentials, fetcher, refresh_at=0.8, rejected_ttl=10.0, clock=clock, jitter=lambda: 0.0
+    )
     yield manager
     await manager.close()
 
@@ -228,8 +230,8 @@ async def test_failure_with_no_waiters_left_is_not_reported_as_unretrieved(
         loop.set_exception_handler(None)
 
 
-async def test_failure_reaches_every_waiter_then_the_next_call_retries(
-    manager: TokenManager, fetcher: FakeFetcher
+async def test_failure_reaches_every_waiter_then_the_next_call_retries_after_the_backoff(
+    manager: TokenManager, fetcher: FakeFetcher, clock: FakeClock
 ) -> None:
     fetcher.gate = asyncio.Event()
     fetcher.errors = [unavailable()]
@@ -240,6 +242,7 @@ async def test_failure_reaches_every_waiter_then_the_next_call_retries(
     assert all(isinstance(r, TokenUnavailable) for r in results)
     assert fetcher.calls == 1
 
+    clock.advance(1.0)  # the backoff floor with this fixture's jitter of 0
     token = await manager.get("acme")
     assert token.value == "token-acme-2"
     assert fetcher.calls == 2

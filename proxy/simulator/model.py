@@ -66,7 +66,8 @@ class IssuedToken:
 class Fault:
     """A scripted failure: the next `remaining` matching requests answer `status` after `delay`.
 
-    A fault with status 200 is a pure delay: the request then proceeds normally.
+    A fault with status 200 and no body is a pure delay: the request then proceeds normally.
+    With a body, status 200 answers that body (a malformed token answer, say).
     """
 
     status: int
@@ -79,7 +80,7 @@ class Fault:
 
     @property
     def passes_through(self) -> bool:
-        return self.status == 200
+        return self.status == 200 and self.body is None
 
 
 class FaultQueue:

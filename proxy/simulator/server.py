@@ -78,6 +78,7 @@ class GenesysSimulator:
         self._tokens_issued: collections.Counter[str] = collections.Counter()
         self._api_requests: collections.Counter[str | None] = collections.Counter()
         self._api_401s = 0
+        self._expired_tokens_seen = 0
         self._base_url: str | None = None
         self.requests: collections.deque[SeenRequest] = collections.deque(maxlen=SEEN_REQUESTS_KEPT)
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -184,7 +185,8 @@ class GenesysSimulator:
     ) -> None:
         """Make the next `count` token requests (of `client_id`, or anyone's) fail.
 
-        Login faults apply before any check. Status 200 makes the fault a pure delay.
+        Login faults apply before any check. Status 200 without a body makes the fault a pure
+        delay; with a body, it is a 200 answer with that body (a malformed token answer).
         """
         fault = Fault(status, delay, retry_after, body, content_type, count, client_id)
         self._login_faults.add(fault)
@@ -202,7 +204,7 @@ class GenesysSimulator:
     ) -> None:
         """Make the next `count` authenticated API requests (of `client_id`, or anyone's) fail.
 
-        Status 200 makes the fault a pure delay.
+        Status 200 without a body makes the fault a pure delay.
         """
         fault = Fault(status, delay, retry_after, body, content_type, count, client_id)
         self._api_faults.add(fault)
@@ -237,12 +239,17 @@ class GenesysSimulator:
     def api_401s(self) -> int:
         return self._api_401s
 
+    def expired_tokens_seen(self) -> int:
+        """API requests that carried a token past its expiry: a proxy must never send one."""
+        return self._expired_tokens_seen
+
     def reset_counters(self) -> None:
         """Zero the counters and forget seen requests; tokens and rate windows stay."""
         self._token_requests.clear()
         self._tokens_issued.clear()
         self._api_requests.clear()
         self._api_401s = 0
+        self._expired_tokens_seen = 0
         self.requests.clear()
 
     # -- the login service -----------------------------------------------------------------------
@@ -340,6 +347,7 @@ class GenesysSimulator:
         if token is None or token.revoked or token.domain != call.domain:
             return call.error(401, "bad.credentials", "Invalid login credentials.")
         if self._clock() >= token.expires_at:
+            self._expired_tokens_seen += 1
             return call.error(401, "credentials.expired", "The provided credentials have expired.")
         call.token = token
         return None
