@@ -2,7 +2,7 @@
 
 The proxy app owns every long-lived resource through one `cleanup_ctx` entry (`Runtime`): the
 upstream HTTP session, the credential source and store, and the token manager. The admin app
-reads the same Runtime, so both listeners see one state.
+(`proxy.admin`) reads the same Runtime and the same `Metrics`, so both listeners see one state.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from proxy import __version__
+from proxy.access_log import RequestObserver, access_middleware
 from proxy.config import Config
-from proxy.credentials import CredentialStore, create_credential_source
+from proxy.credentials import CredentialStore, VaultCredentialSource, create_credential_source
 from proxy.forward import (
     Forwarder,
     ForwardSettings,
@@ -27,7 +28,9 @@ from proxy.forward import (
     error_middleware,
     local_endpoint_disabled,
 )
+from proxy.metrics import Metrics
 from proxy.tokens import GenesysTokenFetcher, TokenManager
+from proxy.vault_renewal import VaultRenewer
 
 log = logging.getLogger("proxy.app")
 
@@ -42,6 +45,7 @@ class Runtime:
     session: aiohttp.ClientSession
     forwarder: Forwarder
     token_endpoint: TokenEndpoint
+    metrics: Metrics
     started_at: float = field(default_factory=time.time)
     draining: bool = False
 
@@ -51,8 +55,8 @@ class Runtime:
 
 
 CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
 RUNTIME = web.AppKey("runtime", Runtime)
-PROXY_APP = web.AppKey("proxy_app", web.Application)
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | bool:
@@ -63,7 +67,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | bool:
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the session, credential source and token manager; close them in reverse."""
-    config = app[CONFIG]
+    config, metrics = app[CONFIG], app[METRICS]
     connector = aiohttp.TCPConnector(
         ssl=_ssl_context(config),
         limit=0,  # the app's own concurrency is the limit; a pool cap would only queue
@@ -71,8 +75,15 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         keepalive_timeout=30,
         enable_cleanup_closed=False,
     )
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
-    source = create_credential_source(config)
+    # One session serves every tenant: a cookie jar would replay one tenant's cookies (a load
+    # balancer's stickiness cookie, say) on another's requests. Cookies pass through instead.
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    source = create_credential_source(config, on_vault_request=metrics.vault_request)
     try:
         await source.start()
         store = CredentialStore(
@@ -93,26 +104,42 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             fetcher,
             refresh_at=config.genesys.refresh_at,
             max_tenants=config.tenant.max_tenants,
+            observer=metrics,
         )
-        tenants = TenantResolver(config)
+        observer = RequestObserver(metrics)
+        tenants = TenantResolver(config, observer)
+        settings = ForwardSettings.from_config(config)
         runtime = Runtime(
             config=config,
             credentials=store,
             tokens=tokens,
             session=session,
-            forwarder=Forwarder(ForwardSettings.from_config(config), tenants, tokens, session),
+            forwarder=Forwarder(settings, tenants, tokens, session, observer),
             token_endpoint=TokenEndpoint(tenants, tokens),
+            metrics=metrics,
         )
         app[RUNTIME] = runtime
+        metrics.track_tokens(tokens)
         try:
             yield
         finally:
             runtime.draining = True
+            metrics.track_tokens(None)
             await tokens.close()
             await store.close()
     finally:
         await source.close()
         await session.close()
+
+
+async def _vault_renewal_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keep the Vault token alive (renew, log in again) while the app runs; Vault source only."""
+    source = app[RUNTIME].credentials.source
+    if not isinstance(source, VaultCredentialSource):
+        yield
+        return
+    async with VaultRenewer(source.session).running():
+        yield
 
 
 # The router freezes before resources open, so routes dispatch through the Runtime.
@@ -128,45 +155,26 @@ async def _oauth_token(request: web.Request) -> web.StreamResponse:
     return await request.app[RUNTIME].token_endpoint.oauth_token(request)
 
 
-def create_app(config: Config) -> web.Application:
-    """The app-facing proxy application; its routes are added once its resources are open."""
+def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
+    """The app-facing proxy application; its metrics go to `registry` (a fresh one if None)."""
+    metrics = Metrics(
+        registry if registry is not None else CollectorRegistry(),
+        tenant_label=config.metrics.tenant_label,
+        max_tenants=config.tenant.max_tenants,
+    )
     app = web.Application(
-        middlewares=[error_middleware],
+        # The access middleware is outermost: it sees the proxy's own error answers too.
+        middlewares=[access_middleware(metrics, log_requests=config.log.access), error_middleware],
         client_max_size=max(config.listen.max_body_bytes, 1024),
     )
     app[CONFIG] = config
+    app[METRICS] = metrics
     app.cleanup_ctx.append(_runtime_ctx)
+    app.cleanup_ctx.append(_vault_renewal_ctx)  # after the runtime: stops before it closes
     local = config.local_token_endpoint
     app.router.add_get(
         "/auth/token", _get_token if local else local_endpoint_disabled, allow_head=False
     )
     app.router.add_post("/oauth/token", _oauth_token if local else local_endpoint_disabled)
     app.router.add_route("*", "/{path:.*}", _forward)
-    return app
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process answers."""
-    return web.json_response({"status": "ok", "version": __version__})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the credential source is usable and the proxy is not draining."""
-    runtime = request.app[PROXY_APP].get(RUNTIME)
-    if runtime is None:
-        return web.json_response({"status": "starting"}, status=503)
-    if runtime.draining:
-        return web.json_response({"status": "draining"}, status=503)
-    if not await runtime.credentials.ready():
-        source = runtime.config.credentials.source
-        return web.json_response({"status": f"{source} unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
-
-
-def create_admin_app(proxy_app: web.Application) -> web.Application:
-    """The operator-facing listener: health and readiness (metrics and the page come later)."""
-    app = web.Application()
-    app[PROXY_APP] = proxy_app
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
     return app

@@ -16,6 +16,7 @@ from typing import NoReturn
 from proxy import __version__
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
+from proxy.injector.command import add_inject_command
 from proxy.logs import configure_logging
 
 PROG = "genesys-token-proxy"
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=_port, default=8080, help="proxy port (default 8080)")
     demo.add_argument("--admin-port", type=_port, default=9090, help="admin port (default 9090)")
+    add_inject_command(commands)
+    from proxy.tenant_cli import add_tenant_commands  # imports this module: import it late
+
+    add_tenant_commands(commands)
     return parser
 
 
@@ -106,10 +111,19 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
             run(config)
             return EXIT_OK
+        if args.command == "tenant":
+            from proxy.tenant_cli import run_tenant_command
+
+            return run_tenant_command(args, env)
         if args.command == "demo":
             from proxy.demo import run_demo
 
             run_demo(args.port, args.admin_port)
+            return EXIT_OK
+        if args.command == "inject":
+            from proxy.injector.command import run_inject_command
+
+            run_inject_command(args)
             return EXIT_OK
     except StartupError as exc:
         return _fail(EXIT_FAILURE, str(exc))

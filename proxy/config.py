@@ -26,6 +26,8 @@ VAULT_ENV = {
     "VAULT_NAMESPACE": ("vault", "namespace"),
     "VAULT_CACERT": ("vault", "ca_cert"),
     "VAULT_TOKEN": ("vault", "auth", "token"),
+    # Not a Vault variable: the injector sets it per pod, so one ConfigMap serves every role.
+    "GENESYS_PROXY_VAULT_ROLE": ("vault", "auth", "role"),
 }
 
 
@@ -106,6 +108,14 @@ class GenesysConfig:
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    # One line per proxied request; ~60 us of CPU each (bench/observability_overhead.py).
+    access: bool = True
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Off for very large fleets: per-tenant series multiply with every tenant a sidecar serves.
+    tenant_label: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class Config:
     vault: VaultConfig = VaultConfig()
     genesys: GenesysConfig = GenesysConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     local_token_endpoint: bool = True
 
 
@@ -156,6 +167,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     auth = vault_data.section("auth")
     genesys = root.section("genesys")
     log = root.section("log")
+    metrics = root.section("metrics")
 
     config = Config(
         listen=ListenConfig(
@@ -214,10 +226,12 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         log=LogConfig(
             level=log.choice("level", ("debug", "info", "warning", "error"), "info"),
             format=log.choice("format", ("text", "json"), "text"),
+            access=log.boolean("access", True),
         ),
+        metrics=MetricsConfig(tenant_label=metrics.boolean("tenant_label", True)),
         local_token_endpoint=root.boolean("local_token_endpoint", True),
     )
-    for section in (root, listen, admin, tenant, creds, vault_data, auth, genesys, log):
+    for section in (root, listen, admin, tenant, creds, vault_data, auth, genesys, log, metrics):
         section.reject_unknown()
     _check_consistency(config)
     return config

@@ -25,7 +25,7 @@ from proxy.errors import (
 )
 from proxy.regions import resolve_region
 from proxy.singleflight import SingleFlight
-from proxy.vault import VaultSession
+from proxy.vault import RequestObserver, VaultSession
 
 log = logging.getLogger("proxy.credentials")
 
@@ -106,6 +106,10 @@ class VaultCredentialSource:
 
     def __repr__(self) -> str:
         return f"VaultCredentialSource({self._session!r}, path={self._path_template!r})"
+
+    @property
+    def session(self) -> VaultSession:
+        return self._session
 
     async def start(self) -> None:
         await self._session.start()
@@ -373,10 +377,13 @@ class CredentialStore:
         return cached.record
 
 
-def create_credential_source(config: Config) -> CredentialSource:
+def create_credential_source(
+    config: Config, *, on_vault_request: RequestObserver | None = None
+) -> CredentialSource:
     """The source `credentials.source` names, built from the config."""
     if config.credentials.source == "file":
         if config.credentials.file is None:
             raise ConfigError("credentials.file", "is required when credentials.source is 'file'")
         return FileCredentialSource(config.credentials.file)
-    return VaultCredentialSource(VaultSession(config.vault), config.vault.path)
+    session = VaultSession(config.vault, on_request=on_vault_request)
+    return VaultCredentialSource(session, config.vault.path)

@@ -50,6 +50,9 @@ Try, in another terminal:
   curl -si {base}/api/v2/users -H 'X-Tenant-ID: nobody'      # 404 unknown_tenant
   curl -si {base}/api/v2/users                               # 400 missing_tenant
   curl -s http://127.0.0.1:{admin_port}/readyz
+  curl -s http://127.0.0.1:{admin_port}/metrics | grep genesys_proxy_requests_total
+
+The admin page (tenants, token states, Refresh and Evict): http://127.0.0.1:{admin_port}/admin
 
 Press Ctrl-C to stop.
 """

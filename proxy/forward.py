@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -59,6 +60,22 @@ STREAM_CHUNK_BYTES = 64 * 1024
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Without these, aiohttp's client would add headers the app never sent.
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
+
+
+class ForwardObserver(Protocol):
+    """Told what happens to each request, for metrics and the access log."""
+
+    def tenant_resolved(self, request: web.Request, tenant: str) -> None: ...
+
+    def upstream_answered(
+        self,
+        request: web.Request,
+        tenant: str,
+        upstream: aiohttp.ClientResponse,
+        seconds: float,
+    ) -> None: ...
+
+    def upstream_retried(self, request: web.Request, tenant: str, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -133,16 +150,20 @@ async def error_middleware(
 class TenantResolver:
     """Finds and validates the tenant of a request."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, observer: ForwardObserver | None = None) -> None:
         self.header = config.tenant.header
         self.pattern = config.tenant.pattern
         self.default = config.tenant.default
+        self.observer = observer
 
     def __call__(self, request: web.Request, fallback: str | None = None) -> str:
         tenant = request.headers.get(self.header) or fallback or self.default
         if tenant is None:
             raise MissingTenant(f"the {self.header} header is missing and no default tenant is set")
-        return self.check(tenant)
+        tenant = self.check(tenant)
+        if self.observer is not None:
+            self.observer.tenant_resolved(request, tenant)
+        return tenant
 
     def check(self, tenant: str) -> str:
         # The id becomes part of a Vault path: the pattern is the first guard, and slashes or
@@ -167,18 +188,20 @@ class Forwarder:
         tenants: TenantResolver,
         tokens: TokenManager,
         session: aiohttp.ClientSession,
+        observer: ForwardObserver | None = None,
     ) -> None:
         self.settings = settings
         self.tenants = tenants
         self.tokens = tokens
         self.session = session
+        self.observer = observer
         self._tenant_header = settings.tenant_header.lower()
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         tenant = self.tenants(request)
         body, replayable = await self._request_body(request, tenant)
         token = await self.tokens.get(tenant)
-        upstream = await self._send(request, tenant, token, body)
+        upstream = await self._attempt(request, tenant, token, body)
         if upstream.status == 401:
             # A token the cache still trusted was refused (revoked, or expired early): drop it
             # (only if still current, so a burst of 401s costs one refetch) and try once more.
@@ -186,9 +209,26 @@ class Forwarder:
             if replayable:
                 upstream.release()
                 log.info("upstream refused the token; replaying", extra={"tenant": tenant})
+                if self.observer is not None:
+                    self.observer.upstream_retried(request, tenant, "unauthorized")
                 token = await self.tokens.get(tenant)
-                upstream = await self._send(request, tenant, token, body)
+                upstream = await self._attempt(request, tenant, token, body)
         return await self._relay(request, upstream)
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        tenant: str,
+        token: Token,
+        body: bytes | AsyncIterator[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        """One upstream request, timed to its response headers and reported to the observer."""
+        started = time.perf_counter()
+        upstream = await self._send(request, tenant, token, body)
+        if self.observer is not None:
+            seconds = time.perf_counter() - started
+            self.observer.upstream_answered(request, tenant, upstream, seconds)
+        return upstream
 
     async def _request_body(
         self, request: web.Request, tenant: str

@@ -16,7 +16,8 @@ from typing import cast
 
 from aiohttp import web
 
-from proxy.app import RUNTIME, create_admin_app, create_app
+from proxy.admin import create_admin_app
+from proxy.app import RUNTIME, create_app
 from proxy.config import Config
 from proxy.listener import listener_options
 

@@ -34,6 +34,7 @@ log = logging.getLogger("proxy.tokens")
 
 Clock = Callable[[], float]
 TokenStateName = Literal["valid", "refreshing", "expired", "failing"]
+FetchOutcome = Literal["success", "rejected", "error"]
 
 # The contract: a token counts as expired min(30 s, 10 % of its lifetime) before `expires_in`.
 EXPIRY_MARGIN_SECONDS = 30.0
@@ -91,6 +92,15 @@ class CredentialProvider(Protocol):
     """Looks up a tenant's OAuth client; raises proxy errors such as `UnknownTenant`."""
 
     async def get(self, tenant: str) -> TenantCredentials: ...
+
+
+class TokenObserver(Protocol):
+    """Told of every cache lookup and token request, e.g. to count them in metrics."""
+
+    def cache_lookup(self, *, hit: bool) -> None: ...
+
+    # Only for real token requests: the tenant's credential record was found.
+    def token_fetch(self, tenant: str, outcome: FetchOutcome) -> None: ...
 
 
 class GenesysTokenFetcher:
@@ -249,6 +259,8 @@ class TenantTokenState:
     last_error_code: str | None
     last_error_message: str | None
     fetches: int
+    # Wall-clock time at which Genesys said the cached token expires; None without a token.
+    expires_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -287,6 +299,7 @@ class TokenManager:
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
         clock: Clock = time.monotonic,
+        observer: TokenObserver | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         if not 0.0 < refresh_at <= 1.0:
@@ -305,6 +318,7 @@ class TokenManager:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._clock = clock
+        self._observer = observer
         self._jitter = jitter
         # Least recently used first; tokens and all per-tenant bookkeeping share this one bound.
         self._entries: OrderedDict[str, _TenantEntry] = OrderedDict()
@@ -321,6 +335,8 @@ class TokenManager:
             token = entry.token
             if token is not None and self._clock() < entry.fresh_until:
                 self._entries.move_to_end(tenant)
+                if self._observer is not None:
+                    self._observer.cache_lookup(hit=True)
                 return token
         return await self._get_slow(tenant, entry)
 
@@ -331,6 +347,8 @@ class TokenManager:
             token = entry.token
             if token is not None and now < token.usable_until:
                 self._refresh_in_background(tenant, entry, now)
+                if self._observer is not None:
+                    self._observer.cache_lookup(hit=True)
                 return token
             if entry.rejected is not None and now < entry.rejected_until:
                 # A fresh exception each time: re-raising one instance keeps growing its traceback.
@@ -338,6 +356,8 @@ class TokenManager:
             if entry.failure is not None and now < entry.retry_at:
                 # Backing off: answer at once instead of piling requests onto a failing endpoint.
                 raise _again(entry.failure, tenant, entry.retry_at - now)
+        if self._observer is not None:
+            self._observer.cache_lookup(hit=False)
         return await self._flights.do(tenant, functools.partial(self._fetch, tenant))
 
     async def refresh(self, tenant: str) -> Token:
@@ -422,8 +442,13 @@ class TokenManager:
         try:
             token = await self._fetcher.fetch(credentials)
         except Exception as exc:
+            if self._observer is not None:
+                rejected = isinstance(exc, GenesysAuthFailed)
+                self._observer.token_fetch(tenant, "rejected" if rejected else "error")
             self._fetch_failed(tenant, entry, exc)
             raise
+        if self._observer is not None:
+            self._observer.token_fetch(tenant, "success")
         # After an `evict` the caller still gets the token, but it is not cached.
         if self._evictions == evictions and self._entries.get(tenant) is entry:
             entry.token = token
@@ -520,6 +545,7 @@ class TokenManager:
             last_error_code=entry.last_error_code,
             last_error_message=entry.last_error_message,
             fetches=entry.fetches,
+            expires_at=token.obtained_wall + token.lifetime if token is not None else None,
         )
 
 

@@ -11,9 +11,9 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +30,8 @@ log = logging.getLogger("proxy.vault")
 T = TypeVar("T")
 
 # Called with (operation, outcome) after every Vault request, e.g. to count them in a metric.
-# Operations: login, read, lookup. Outcomes: success, not_found, forbidden, error.
+# Operations: login, renew, lookup, read, write, list, delete.
+# Outcomes: success, not_found, forbidden, error.
 RequestObserver = Callable[[str, str], None]
 
 DEFAULT_TIMEOUT = 5.0
@@ -40,11 +41,24 @@ DEFAULT_WORKERS = 8
 
 @dataclass(frozen=True)
 class TokenInfo:
-    """What Vault said about the session's token when it was obtained; renewal plans with it."""
+    """What Vault said about the session's token when it was obtained or renewed.
 
-    ttl: float  # seconds; 0 means it never expires (a root token)
+    The renewal loop plans with it: renew before `ttl` runs out while `renewable`, else log in.
+    """
+
+    ttl: float  # seconds left when obtained; 0 means it never expires (a root token)
     renewable: bool
     obtained_at: float  # on the session's clock
+    # Lets an operator find the token in Vault (`token lookup -accessor`); not a credential
+    # on its own, but kept out of reprs all the same.
+    accessor: str | None = field(default=None, repr=False)
+    # The TTL the token was issued with; a renewal granting less means Vault's max TTL caps it.
+    issued_ttl: float = 0.0
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the token expires on the session's clock; None if it never does."""
+        return self.obtained_at + self.ttl if self.ttl > 0 else None
 
 
 class VaultSession:
@@ -89,6 +103,12 @@ class VaultSession:
         self._ready = False
         self._ready_checked_at: float | None = None
         self._closed = False
+        # Set when the login state or the token changes, so the renewal loop replans at once.
+        self._changed = asyncio.Event()
+        # For the admin page and tests; the on_request hook feeds the metric.
+        self.logins = 0
+        self.renewals = 0
+        self.failures = 0
 
     def __repr__(self) -> str:
         return f"VaultSession(address={self.address!r}, method={self.method!r})"
@@ -111,9 +131,42 @@ class VaultSession:
         return self._token_info
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The clock `token_info` times are on."""
+        return self._clock
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def can_log_in(self) -> bool:
+        """Whether logging in again can produce a new token (a literal token cannot)."""
+        return self._auth.method != "token" or self._auth.token_file is not None
+
+    @property
+    def holds_usable_token(self) -> bool:
+        """Logged in, and the token's TTL (as last granted) has not run out."""
+        info = self._token_info
+        if not self._logged_in or info is None:
+            return False
+        expires_at = info.expires_at
+        return expires_at is None or self._clock() < expires_at
+
+    @property
     def last_error(self) -> str | None:
         """The most recent login or readiness failure, for the admin page and logs."""
         return self._last_error
+
+    async def wait_for_change(self, seconds: float) -> bool:
+        """Wait until a login, a renewal or a rejected token changes the session, or `seconds`."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
+        except TimeoutError:
+            return False
+        self._changed.clear()
+        return True
 
     async def start(self) -> None:
         """Log in; a Vault that is down is remembered, not raised: the proxy starts not ready."""
@@ -153,12 +206,116 @@ class VaultSession:
             data = data.get("data")
         return data if isinstance(data, dict) else None
 
+    async def write(self, path: str, data: Mapping[str, str]) -> None:
+        """Create or replace the KV secret at `path` (all of its fields)."""
+        kv, mount, secret = self._client.secrets.kv, self._config.kv_mount, dict(data)
+        if self._config.kv_version == 2:
+
+            def put() -> Any:
+                return kv.v2.create_or_update_secret(path=path, secret=secret, mount_point=mount)
+        else:
+
+            def put() -> Any:
+                return kv.v1.create_or_update_secret(path=path, secret=secret, mount_point=mount)
+
+        await self._kv_call("write", put, path, "writing")
+
+    async def list_keys(self, path: str) -> list[str]:
+        """The keys directly under `path` (folders end in `/`); empty if there are none."""
+        kv, mount = self._client.secrets.kv, self._config.kv_mount
+        version = kv.v2 if self._config.kv_version == 2 else kv.v1
+
+        def keys() -> Any:
+            return version.list_secrets(path=path, mount_point=mount)
+
+        try:
+            response = await self._kv_call("list", keys, path, "listing")
+        except hvac.exceptions.InvalidPath:
+            return []
+        data = response.get("data") if isinstance(response, dict) else None
+        found = data.get("keys") if isinstance(data, dict) else None
+        return [str(key) for key in found] if isinstance(found, list) else []
+
+    async def delete(self, path: str) -> None:
+        """Remove the KV secret at `path`; for KV v2 every version and its metadata."""
+        kv, mount = self._client.secrets.kv, self._config.kv_mount
+        if self._config.kv_version == 2:
+
+            def remove() -> Any:
+                return kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount)
+        else:
+
+            def remove() -> Any:
+                return kv.v1.delete_secret(path=path, mount_point=mount)
+
+        await self._kv_call("delete", remove, path, "deleting")
+
+    async def renew(self) -> None:
+        """Renew the token (`renew-self`); when Vault will not, note it so a login replaces it.
+
+        A rejected token marks the session logged out; a token Vault no longer extends (max TTL
+        reached, or not renewable) is marked not renewable. Only an unreachable Vault raises.
+        """
+        started = self._clock()
+        generation = self._generation
+
+        def renew_self() -> dict[str, Any] | str:
+            try:
+                response: dict[str, Any] = self._client.auth.token.renew_self()
+            except hvac.exceptions.InvalidRequest as exc:
+                return _vault_message(exc)  # "lease is not renewable", past max TTL, ...
+            return response
+
+        try:
+            response = await self._run("renew", renew_self)
+        except hvac.exceptions.Forbidden:
+            self.failures += 1
+            if generation == self._generation:
+                log.info("Vault rejected renewing the session's token; logging in again")
+                self._logged_in = False
+                self._changed.set()
+            return
+        except VaultUnavailable:
+            self.failures += 1
+            raise
+        previous = self._token_info
+        if generation != self._generation or previous is None:
+            return  # a login replaced the token meanwhile: its own TTL counts
+        if isinstance(response, str):
+            self.failures += 1
+            log.info("Vault will not renew the session's token (%s); logging in again", response)
+            self._token_info = TokenInfo(
+                ttl=max(0.0, previous.ttl - (started - previous.obtained_at)),
+                renewable=False,
+                obtained_at=started,
+                accessor=previous.accessor,
+                issued_ttl=previous.issued_ttl,
+            )
+            self._changed.set()
+            return
+        auth = response.get("auth") or {}
+        ttl = float(auth.get("lease_duration") or 0)
+        # Granted less than it was issued with: the max TTL caps it, renewing cannot extend it.
+        capped = 0 < ttl < previous.issued_ttl
+        self._token_info = TokenInfo(
+            ttl=ttl,
+            renewable=bool(auth.get("renewable")) and not capped,
+            obtained_at=started,
+            accessor=previous.accessor,
+            issued_ttl=previous.issued_ttl,
+        )
+        self.renewals += 1
+        self._changed.set()
+        log.debug("Renewed the Vault token (ttl %.0f s, max TTL reached: %s)", ttl, capped)
+
     async def ready(self) -> bool:
         """Whether Vault answers, is unsealed and accepts the token; checked every few seconds."""
         if self._closed:
             return False
         checked_at = self._ready_checked_at
-        if checked_at is not None and self._clock() - checked_at < self._health_interval:
+        recent = checked_at is not None and self._clock() - checked_at < self._health_interval
+        # A token known to have run out is not worth a cached "ready": check (and log in) now.
+        if recent and (self.holds_usable_token or not self._ready):
             return self._ready
         ready: bool = await self._flight.do("ready", self._check_ready)
         return ready
@@ -191,8 +348,17 @@ class VaultSession:
         if generation == self._generation:
             log.info("Vault rejected the session's token (expired or revoked); logging in again")
             self._logged_in = False
+            self._changed.set()
             await self.login()
         return await self._run(operation, fn)
+
+    async def _kv_call(self, operation: str, fn: Callable[[], T], path: str, doing: str) -> T:
+        try:
+            return await self._call(operation, fn)
+        except hvac.exceptions.Forbidden as exc:
+            raise TenantForbidden(
+                f"Vault denies {doing} {self._config.kv_mount}/{path}; check the token's policy"
+            ) from exc
 
     async def _token_rejected(self) -> bool:
         try:
@@ -211,16 +377,24 @@ class VaultSession:
             self._generation += 1
         self._token_info = info
         self._logged_in = True
+        self._changed.set()
         self._last_error = None
+        self.logins += 1
+        # A "not ready" from before this login must not linger until the next check is due.
+        self._ready_checked_at = None
         ttl = f"{info.ttl:.0f} s" if info.ttl else "none"
         log.info(
             "Logged in to Vault at %s with %s auth (token ttl %s)", self.address, self.method, ttl
         )
 
     def _login_failed(self, message: str) -> None:
+        self.failures += 1
         if message != self._last_error:
             log.warning("Vault login failed: %s", message)
-        self._logged_in = False
+        # A new login tried before the old token ran out (at its max TTL, say) keeps that
+        # token: it still works, and the next attempt may succeed before it expires.
+        self._logged_in = self.holds_usable_token
+        self._changed.set()
         self._last_error = message
         # Readiness must not keep reporting a success from before the failure.
         self._ready_checked_at = None
@@ -257,6 +431,10 @@ class VaultSession:
                 )
             data = self._client.auth.token.lookup_self().get("data") or {}
             ttl, renewable = data.get("ttl"), data.get("renewable")
+            issued_ttl = data.get("creation_ttl") or ttl
+            if issued_ttl and not ttl:
+                # Under a second left (Vault truncates): not a token that never expires.
+                ttl = 0.001
         else:
             if auth.method == "kubernetes":
                 jwt = _read_credential_file(auth.jwt_file, "vault.auth.jwt_file")
@@ -271,7 +449,14 @@ class VaultSession:
                 )
             data = response.get("auth") or {}
             ttl, renewable = data.get("lease_duration"), data.get("renewable")
-        return TokenInfo(ttl=float(ttl or 0), renewable=bool(renewable), obtained_at=self._clock())
+            issued_ttl = ttl
+        return TokenInfo(
+            ttl=float(ttl or 0),
+            renewable=bool(renewable),
+            obtained_at=self._clock(),
+            accessor=data.get("accessor"),
+            issued_ttl=float(issued_ttl or 0),
+        )
 
     def _sync_token_file(self, *, strict: bool = False) -> None:
         """Use the token file's token if the file changed (a Vault Agent sink rewrites it)."""

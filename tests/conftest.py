@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import settings
 
-from proxy.app import RUNTIME, Runtime, create_admin_app, create_app
+from proxy.admin import create_admin_app
+from proxy.app import RUNTIME, Runtime, create_app
 from proxy.config import parse_config
 from proxy.listener import listener_options
 from proxy.regions import resolve_region
@@ -343,10 +345,14 @@ class ProxyHarness:
     async def start(self, overrides: Mapping[str, Any] | None = None) -> ProxyHarness:
         config = parse_config(deep_merge(self.base_config(), overrides or {}))
         self.app = create_app(config)
-        server = ProxyTestServer(self.app, listener_options(config.listen))
-        self.client = await self._aiohttp_client(server)
-        self.admin = await self._aiohttp_client(create_admin_app(self.app))
+        self.client = await self._serve(ProxyTestServer(self.app, listener_options(config.listen)))
+        self.admin = await self._serve(TestServer(create_admin_app(self.app)))
         return self
+
+    async def _serve(self, server: TestServer) -> Any:
+        # As the daemon runs it (server.py): aiohttp's access log off, the proxy writes its own.
+        await server.start_server(access_log=None)
+        return await self._aiohttp_client(server)
 
     @property
     def runtime(self) -> Runtime:
@@ -393,3 +399,29 @@ async def harness(sim: GenesysSimulator, openbao: Any, aiohttp_client: Any) -> P
 def free_port() -> int:
     """A loopback port with nothing listening on it."""
     return find_free_port()
+
+
+@pytest.fixture
+async def kubernetes_cluster(tmp_path: Path) -> AsyncIterator[Any]:
+    """A stand-in for a cluster's TokenReview API (HTTPS), for OpenBao's kubernetes auth."""
+    from tests.kubernetes_standin import KubernetesStandIn
+
+    async with KubernetesStandIn(tmp_path).running() as cluster:
+        yield cluster
+
+
+def create_vault_namespace(bao: OpenBao, name: str) -> hvac.Client:
+    """A fresh OpenBao namespace with KV v2 at secret/, so tests can use fixed paths in it."""
+    bao.client().sys.create_namespace(name)
+    inside = hvac.Client(url=bao.address, token=bao.root_token, namespace=name, timeout=5)
+    inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    # A new KV v2 mount answers "Upgrading from non-versioned to versioned data" for a moment.
+    deadline = time.monotonic() + OPENBAO_START_TIMEOUT
+    while True:
+        try:
+            inside.secrets.kv.v2.read_configuration()
+            return inside
+        except hvac.exceptions.InvalidRequest:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

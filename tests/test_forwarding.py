@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from proxy.simulator import GenesysSimulator, blob_content
 from tests.conftest import ProxyHarness
@@ -374,3 +375,29 @@ async def test_error_bodies_are_json_with_one_sentence(harness: ProxyHarness) ->
     body = json.loads(await response.text())
     assert set(body) == {"error", "message", "tenant"}
     assert body["message"].count("\n") == 0
+
+
+async def test_upstream_cookies_pass_to_the_app_but_never_cross_tenants(
+    harness: ProxyHarness, aiohttp_server: Any
+) -> None:
+    # A load balancer in front of the API may set stickiness cookies (AWSALB, say). A shared
+    # cookie jar in the proxy would replay tenant A's cookie on tenant B's requests.
+    async def api(request: web.Request) -> web.Response:
+        response = web.json_response({"cookie": request.headers.get("Cookie")})
+        response.set_cookie("AWSALB", f"sticky-{request.headers['Authorization'][-8:]}")
+        return response
+
+    upstream_app = web.Application()
+    upstream_app.router.add_route("*", "/{tail:.*}", api)
+    upstream = await aiohttp_server(upstream_app)
+    first = harness.add_tenant("first")
+    second = harness.add_tenant("second")
+    # "localhost", not an IP: aiohttp's cookie jar ignores cookies from IP addresses.
+    await harness.start({"genesys": {"api_url": f"http://localhost:{upstream.port}/{{domain}}"}})
+    response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": first.id})
+    assert response.status == 200
+    assert "AWSALB=sticky-" in response.headers["Set-Cookie"]
+    for tenant in (second, first):
+        harness.client.session.cookie_jar.clear()  # the app's own client must not send it either
+        response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": tenant.id})
+        assert (await response.json())["cookie"] is None

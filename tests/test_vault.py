@@ -8,14 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import hvac
-import hvac.api.auth_methods
 import pytest
 
 from proxy.config import VaultAuthConfig, VaultConfig
 from proxy.errors import TenantForbidden, VaultUnavailable
 from proxy.vault import VaultSession
-from tests.conftest import FakeClock, OpenBao, find_free_port
+from tests.conftest import FakeClock, OpenBao, create_vault_namespace, find_free_port
 
 SessionFactory = Callable[..., VaultSession]
 
@@ -269,47 +267,10 @@ async def test_approle_with_a_wrong_secret_id_is_not_ready(
     assert "not-the-secret-id" not in session.last_error
 
 
-@pytest.mark.parametrize(
-    ("mount", "expected_mount"), [(None, "kubernetes"), ("k8s-prod", "k8s-prod")]
-)
-async def test_kubernetes_login_sends_role_jwt_and_mount(
-    openbao: OpenBao,
-    make_session: SessionFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    mount: str | None,
-    expected_mount: str,
-) -> None:
-    # A dev server has no Kubernetes API to review service-account tokens: stand in for the
-    # login call only, and hand out the root token as Vault would a role's token.
-    logins: list[tuple[str, str, str]] = []
-
-    def login(self: Any, role: str, jwt: str, use_token: bool = True, mount_point: str = "") -> Any:
-        logins.append((role, jwt, mount_point))
-        self._adapter.token = openbao.root_token
-        return {"auth": {"client_token": openbao.root_token, "lease_duration": 600}}
-
-    monkeypatch.setattr(hvac.api.auth_methods.Kubernetes, "login", login)
-    jwt_file = tmp_path / "token"
-    jwt_file.write_text("eyJhbGciOi.service-account.jwt\n")
-    config = VaultConfig(
-        address=openbao.address,
-        auth=VaultAuthConfig(method="kubernetes", role="proxy", jwt_file=jwt_file, mount=mount),
-    )
-    session = make_session(config)
-    await session.start()
-    assert logins == [("proxy", "eyJhbGciOi.service-account.jwt", expected_mount)]
-    assert session.token_info is not None
-    assert session.token_info.ttl == 600
-    assert await session.ready()
-
-
 async def test_namespace_is_honoured(
     openbao: OpenBao, tenant_prefix: str, make_session: SessionFactory
 ) -> None:
-    openbao.client().sys.create_namespace(tenant_prefix)
-    inside = hvac.Client(url=openbao.address, token=openbao.root_token, namespace=tenant_prefix)
-    inside.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    inside = create_vault_namespace(openbao, tenant_prefix)
     inside.secrets.kv.v2.create_or_update_secret(path="genesys/tenants/acme", secret={"n": "ns"})
     session = make_session(token_config(openbao, namespace=tenant_prefix))
     assert await session.read("genesys/tenants/acme") == {"n": "ns"}

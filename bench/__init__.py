@@ -1,0 +1,1 @@
+"""The benchmark harness: the proxy side by side with nginx, and its token path (`bench/run`)."""

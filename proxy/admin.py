@@ -1,0 +1,388 @@
+"""The admin listener: `/metrics`, `/healthz`, `/readyz`, the `/admin` page and its JSON API.
+
+    GET    /metrics                          Prometheus text format (open)
+    GET    /healthz, /readyz                 liveness, readiness (open)
+    GET    /admin                            the page: one row per known tenant
+    POST   /admin/login, /admin/logout       the page's session (token mode)
+    POST   /admin/tenants/{tenant}/refresh   the page's buttons (CSRF-checked forms)
+    POST   /admin/tenants/{tenant}/evict
+    GET    /admin/api/tenants                the page's content as JSON
+    POST   /admin/api/tenants/{tenant}/refresh
+    DELETE /admin/api/tenants/{tenant}
+
+Who may use `/admin*` is decided in `proxy.admin_auth`. Nothing here ever shows a token or a
+secret: client ids are masked, secrets reduced to their last 4 characters.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from proxy import __version__
+from proxy.admin_auth import SESSION_COOKIE, SESSION_SECONDS, AdminAccess
+from proxy.app import CONFIG, METRICS, RUNTIME, Runtime
+from proxy.credentials import VaultCredentialSource
+from proxy.errors import ProxyError, UnknownTenant
+from proxy.forward import TenantResolver, error_response
+
+log = logging.getLogger("proxy.admin")
+
+PROXY_APP = web.AppKey("proxy_app", web.Application)
+ACCESS = web.AppKey("admin_access", AdminAccess)
+PAGE_REFRESH = web.AppKey("admin_page_refresh", int)
+
+# Set on every /admin* answer: nothing is loaded from elsewhere, nothing may frame the page.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # Not no-referrer: with it, browsers send `Origin: null` on form posts to the page itself.
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+# What a button's redirect may tell the page; the query string is not trusted beyond this.
+_NOTICES = {"refreshed", "evicted", "failed"}
+_ERROR_CODE = re.compile(r"[a-z_]{1,40}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class TenantRow:
+    """One tenant as the page and the API show it; never a token or a full secret."""
+
+    tenant: str
+    region: str | None
+    client_id: str | None
+    client_secret: str | None
+    state: str
+    expires_in: int
+    expires_at: float | None
+    last_refresh: float | None
+    last_error: str | None
+    last_error_message: str | None
+    token_fetches: int
+    requests: int
+    errors: int
+
+
+def mask_client_id(client_id: str) -> str:
+    """`abcd****wxyz`: enough to tell clients apart, not enough to use one."""
+    if len(client_id) <= 8:
+        return "****"
+    return f"{client_id[:4]}****{client_id[-4:]}"
+
+
+def mask_secret(secret: str) -> str:
+    """`****wxyz`; a secret too short to give away 4 characters shows none."""
+    return f"****{secret[-4:]}" if len(secret) >= 12 else "****"
+
+
+def tenant_rows(runtime: Runtime) -> list[TenantRow]:
+    """Every tenant the proxy holds a token or a credential record for, sorted."""
+    states = {state.tenant: state for state in runtime.tokens.snapshot()}
+    rows = []
+    for tenant in sorted(set(states) | set(runtime.credentials.known_tenants())):
+        state = states.get(tenant)
+        record = runtime.credentials.cached(tenant)
+        stats = runtime.metrics.tenant_stats(tenant)
+        rows.append(
+            TenantRow(
+                tenant=tenant,
+                region=record.region if record else (state.domain if state else None),
+                client_id=mask_client_id(record.client_id) if record else None,
+                client_secret=mask_secret(record.client_secret) if record else None,
+                state=state.state if state else "expired",
+                expires_in=int(state.seconds_left) if state else 0,
+                expires_at=state.expires_at if state else None,
+                last_refresh=state.last_refresh if state else None,
+                last_error=state.last_error_code if state else None,
+                last_error_message=state.last_error_message if state else None,
+                token_fetches=state.fetches if state else 0,
+                requests=stats.requests if stats else 0,
+                errors=stats.errors if stats else 0,
+            )
+        )
+    return rows
+
+
+async def source_status(runtime: Runtime) -> dict[str, Any]:
+    """The credential source as the page shows it: kind, readiness, Vault details."""
+    source = runtime.credentials.source
+    status: dict[str, Any] = {"source": source.name, "ready": await source.ready()}
+    if isinstance(source, VaultCredentialSource):
+        session = source.session
+        status.update(
+            address=session.address,
+            auth_method=session.method,
+            authenticated=session.authenticated,
+            last_error=session.last_error,
+        )
+    return status
+
+
+async def overview(runtime: Runtime) -> dict[str, Any]:
+    """What `GET /admin/api/tenants` answers and the page renders."""
+    return {
+        "version": __version__,
+        "uptime_seconds": int(time.time() - runtime.started_at),
+        "draining": runtime.draining,
+        "credentials": await source_status(runtime),
+        "tenants": [asdict(row) for row in tenant_rows(runtime)],
+    }
+
+
+# -- open endpoints -------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the credential source is usable and the proxy is not draining."""
+    runtime = request.app[PROXY_APP].get(RUNTIME)
+    if runtime is None:
+        return web.json_response({"status": "starting"}, status=503)
+    if runtime.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not await runtime.credentials.ready():
+        source = runtime.config.credentials.source
+        return web.json_response({"status": f"{source} unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition, in the format the scraper asks for."""
+    registry = request.app[PROXY_APP][METRICS].registry
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encode(registry), headers={"Content-Type": content_type})
+
+
+# -- the guard ------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Apply the access mode to `/admin*`; everything else passes untouched."""
+    if request.path != "/admin" and not request.path.startswith("/admin/"):
+        return await handler(request)
+    access = request.app[ACCESS]
+    api = request.path.startswith("/admin/api/")
+    response: web.StreamResponse
+    if access.mode == "refused":
+        response = _refusal(api, 403, "admin_disabled", access.describe())
+    elif not access.same_origin(request):
+        response = _refusal(api, 403, "cross_origin", "state changes must come from this page")
+    elif access.authorized(request) or request.path == "/admin/login":
+        response = await handler(request)
+    elif api:
+        response = _refusal(api, 401, "unauthorized", "send Authorization: Bearer <admin token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="genesys-token-proxy admin"'
+    else:
+        response = _login_page(request, status=401)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _refusal(api: bool, status: int, code: str, message: str) -> web.Response:
+    if api:
+        body = {"error": code, "message": message, "tenant": None}
+        return web.json_response(body, status=status)
+    return web.Response(text=f"{status}: {message}\n", status=status)
+
+
+def _login_page(request: web.Request, *, status: int, failed: bool = False) -> web.Response:
+    context = {"failed": failed, "version": __version__}
+    return aiohttp_jinja2.render_template("login.html", request, context, status=status)
+
+
+# -- the page -------------------------------------------------------------------------------------
+
+
+async def page(request: web.Request) -> web.Response:
+    """The admin page; a `notice` query names what a button just did."""
+    runtime = _runtime(request)
+    access = request.app[ACCESS]
+    notice = request.query.get("notice")
+    tenant, code = request.query.get("tenant", ""), request.query.get("code", "")
+    context = {
+        **(await overview(runtime)),
+        "csrf": access.csrf_token(request),
+        "logout": access.mode == "token",
+        "refresh_seconds": request.app[PAGE_REFRESH],
+        "notice": notice if notice in _NOTICES else None,
+        "notice_tenant": tenant if runtime.config.tenant.pattern.fullmatch(tenant) else "?",
+        "notice_code": code if _ERROR_CODE.fullmatch(code) else "error",
+        "now": time.time(),
+    }
+    return aiohttp_jinja2.render_template("admin.html", request, context)
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    given = form.get("token")
+    session = request.app[ACCESS].login(given if isinstance(given, str) else "")
+    if session is None:
+        return _login_page(request, status=401, failed=True)
+    response = _see_other("/admin")
+    response.set_cookie(
+        SESSION_COOKIE,
+        session,
+        max_age=SESSION_SECONDS,
+        path="/admin",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    response = _see_other("/admin")
+    response.del_cookie(SESSION_COOKIE, path="/admin")
+    return response
+
+
+async def form_action(request: web.Request) -> web.Response:
+    """The page's Refresh and Evict buttons: check the CSRF token, act, redirect back."""
+    form = await request.post()
+    if not request.app[ACCESS].csrf_valid(request, form.get("csrf")):
+        return web.Response(text="403: the form is stale; reload the page\n", status=403)
+    runtime = _runtime(request)
+    tenant = request.match_info["tenant"]
+    query: dict[str, str] = {"tenant": tenant}
+    try:
+        tenant = TenantResolver(runtime.config).check(tenant)
+        if request.match_info["action"] == "refresh":
+            await runtime.tokens.refresh(tenant)
+            query["notice"] = "refreshed"
+        else:
+            _evict(runtime, tenant)
+            query["notice"] = "evicted"
+    except ProxyError as exc:
+        query.update(notice="failed", code=exc.code)
+    return _see_other("/admin?" + urlencode(query))
+
+
+# -- the JSON API ---------------------------------------------------------------------------------
+
+
+async def api_tenants(request: web.Request) -> web.Response:
+    return web.json_response(await overview(_runtime(request)))
+
+
+async def api_refresh(request: web.Request) -> web.Response:
+    """Fetch a new token for the tenant now; answers its row, or the contract error."""
+    runtime = _runtime(request)
+    try:
+        tenant = TenantResolver(runtime.config).check(request.match_info["tenant"])
+        await runtime.tokens.refresh(tenant)
+    except ProxyError as exc:
+        return error_response(exc)
+    row = next(row for row in tenant_rows(runtime) if row.tenant == tenant)
+    return web.json_response(asdict(row))
+
+
+async def api_evict(request: web.Request) -> web.Response:
+    """Forget the tenant's token and credential record; the next request starts afresh."""
+    runtime = _runtime(request)
+    try:
+        tenant = TenantResolver(runtime.config).check(request.match_info["tenant"])
+        _evict(runtime, tenant)
+    except ProxyError as exc:
+        return error_response(exc)
+    return web.json_response({"tenant": tenant, "evicted": True})
+
+
+def _evict(runtime: Runtime, tenant: str) -> None:
+    known = runtime.tokens.state(tenant) is not None or runtime.credentials.cached(tenant)
+    if not known:
+        raise UnknownTenant(f"the proxy holds nothing for tenant {tenant!r}", tenant=tenant)
+    runtime.tokens.evict(tenant)
+    runtime.credentials.invalidate(tenant)
+    log.info("tenant %s evicted from the admin page", tenant, extra={"tenant": tenant})
+
+
+def _see_other(location: str) -> web.Response:
+    # Post/redirect/get: reloading the page does not press the button again.
+    return web.Response(status=303, headers={"Location": location})
+
+
+def _runtime(request: web.Request) -> Runtime:
+    runtime = request.app[PROXY_APP].get(RUNTIME)
+    if runtime is None:
+        raise web.HTTPServiceUnavailable(text="the proxy is starting\n")
+    return runtime
+
+
+# -- wiring ---------------------------------------------------------------------------------------
+
+
+def create_admin_app(proxy_app: web.Application, *, page_refresh: int = 15) -> web.Application:
+    """The operator-facing listener, reading the proxy app's runtime and metrics.
+
+    `page_refresh`: seconds between the page's own reloads (0: never).
+    """
+    access = AdminAccess(proxy_app[CONFIG].admin)
+    app = web.Application(middlewares=[admin_guard])
+    app[PROXY_APP] = proxy_app
+    app[ACCESS] = access
+    app[PAGE_REFRESH] = page_refresh
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("proxy", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    filters = aiohttp_jinja2.get_env(app).filters
+    filters["utc"] = _utc
+    filters["duration"] = format_duration
+
+    async def announce(app: web.Application) -> None:
+        (log.warning if access.mode == "refused" else log.info)(access.describe())
+
+    app.on_startup.append(announce)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin", page)
+    app.router.add_post("/admin/login", login)
+    app.router.add_post("/admin/logout", logout)
+    app.router.add_post("/admin/tenants/{tenant}/{action:refresh|evict}", form_action)
+    app.router.add_get("/admin/api/tenants", api_tenants)
+    app.router.add_post("/admin/api/tenants/{tenant}/refresh", api_refresh)
+    app.router.add_delete("/admin/api/tenants/{tenant}", api_evict)
+    return app
+
+
+def format_duration(seconds: float) -> str:
+    """`1d 2h`, `23h 59m`, `4m 10s`, `9s`: the two largest units."""
+    left = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])
+
+
+def _utc(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(timestamp))

@@ -1,0 +1,313 @@
+"""Prometheus metrics: the contract's `genesys_proxy_*` series, on an injected registry.
+
+`Metrics` is the only place that names them. The proxy reports into it through small hooks
+(token cache lookups and fetches, Vault requests, upstream answers, finished requests); the
+per-tenant gauges (token expiry, rate-limit budget) are computed when Prometheus scrapes, so an
+evicted tenant's gauge goes away with it.
+
+Label cardinality stays bounded: a tenant gets its own label value only once its credential
+record was found (the proxy asked Genesys for a token with it), and only for `max_tenants`
+tenants; every other request counts under the tenant "-". `tenant_label=False` (config
+`metrics.tenant_label: false`) drops the tenant label altogether, for very large fleets; the
+per-tenant gauges then report the most urgent tenant (earliest expiry, smallest budget).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from proxy.tokens import FetchOutcome, TenantTokenState
+
+NO_TENANT = "-"
+# Methods outside this set count as "other": the method label must not be client-controlled.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+# From sub-millisecond cache hits to Genesys' slowest endpoints (the default timeout is 30 s).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = "genesys_proxy_requests_total"
+REQUEST_DURATION = "genesys_proxy_request_duration_seconds"
+UPSTREAM_DURATION = "genesys_proxy_upstream_duration_seconds"
+FETCHES = "genesys_proxy_token_fetches_total"
+CACHE_LOOKUPS = "genesys_proxy_token_cache_total"
+EXPIRY = "genesys_proxy_token_expiry_timestamp_seconds"
+UPSTREAM_RETRIES = "genesys_proxy_upstream_retries_total"
+VAULT_REQUESTS = "genesys_proxy_vault_requests_total"
+INFLIGHT = "genesys_proxy_inflight_requests"
+RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
+
+
+class TokenStates(Protocol):
+    """What the scrape-time gauges read: the token manager's admin view."""
+
+    def snapshot(self) -> list[TenantTokenState]: ...
+
+
+@dataclass(slots=True)
+class RateLimitBudget:
+    """The last `inin-ratelimit-*` headers Genesys sent for a tenant."""
+
+    remaining: int
+    allowed: int
+    resets_at: float  # monotonic; the full budget is back after it
+
+    def remaining_at(self, now: float) -> int:
+        return self.allowed if now >= self.resets_at else self.remaining
+
+
+@dataclass(slots=True, eq=False)
+class TenantStats:
+    """One labelled tenant: request counts for the admin page, its cached metric children."""
+
+    label: str
+    request_duration: Histogram
+    upstream_duration: Histogram
+    requests: int = 0
+    errors: int = 0
+    ratelimit: RateLimitBudget | None = None
+
+
+class Metrics:
+    """The proxy's metrics; hot-path hooks use label children cached per tenant."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        tenant_label: bool = True,
+        max_tenants: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.tenant_label = tenant_label
+        self._max_tenants = max_tenants
+        self._clock = clock
+        tenant: tuple[str, ...] = ("tenant",) if tenant_label else ()
+        self.requests = Counter(
+            REQUESTS,
+            "Requests answered on the proxy listener, by final status.",
+            [*tenant, "method", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            REQUEST_DURATION,
+            "Time from receiving a request to the last byte of its answer.",
+            tenant,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            UPSTREAM_DURATION,
+            "Time from sending a request to Genesys Cloud to its response headers, per attempt.",
+            tenant,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.token_fetches = Counter(
+            FETCHES,
+            "Token requests to the Genesys login service, by outcome.",
+            [*tenant, "outcome"],
+            registry=registry,
+        )
+        self.token_cache = Counter(
+            CACHE_LOOKUPS,
+            "Token cache lookups: hit (a valid token) or miss (a fetch was needed).",
+            ["result"],
+            registry=registry,
+        )
+        self.upstream_retries = Counter(
+            UPSTREAM_RETRIES,
+            "Requests sent to Genesys Cloud again, by reason (unauthorized: a refused token).",
+            [*tenant, "reason"],
+            registry=registry,
+        )
+        self.vault_requests = Counter(
+            VAULT_REQUESTS,
+            "Requests to Vault, by operation (login, read, lookup) and outcome.",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self._inflight = 0
+        self.inflight = Gauge(
+            INFLIGHT, "Requests being handled on the proxy listener.", registry=registry
+        )
+        # Read at scrape time: the hot path only moves a plain integer.
+        self.inflight.set_function(lambda: self._inflight)
+        self._tokens: TokenStates | None = None
+        registry.register(_ScrapeTimeGauges(self))
+
+        self._cache_hit = self.token_cache.labels("hit")
+        self._cache_miss = self.token_cache.labels("miss")
+        self._tenants: dict[str, TenantStats] = {}
+        self._unlabelled = self._new_stats(NO_TENANT)
+        self._request_children: dict[tuple[str, ...], Counter] = {}
+        self._children: dict[tuple[object, ...], Counter] = {}
+
+    # -- wiring ----------------------------------------------------------------------------------
+
+    def track_tokens(self, tokens: TokenStates | None) -> None:
+        """Read token expiries from `tokens` at scrape time (None: stop)."""
+        self._tokens = tokens
+
+    # -- hooks: the token manager (proxy.tokens.TokenObserver) -----------------------------------
+
+    def cache_lookup(self, *, hit: bool) -> None:
+        (self._cache_hit if hit else self._cache_miss).inc()
+
+    def token_fetch(self, tenant: str, outcome: FetchOutcome) -> None:
+        # Called only once the tenant's credential record was found: the tenant exists.
+        stats = self._stats_for(tenant, create=True)
+        self._child(self.token_fetches, stats.label, outcome).inc()
+
+    # -- hooks: Vault (proxy.vault.RequestObserver) ----------------------------------------------
+
+    def vault_request(self, operation: str, outcome: str) -> None:
+        self._child(self.vault_requests, None, operation, outcome).inc()
+
+    # -- hooks: requests and their upstream answers ----------------------------------------------
+
+    def request_started(self) -> None:
+        self._inflight += 1
+
+    def request_finished(
+        self, tenant: str | None, method: str, status: int, seconds: float, *, failed: bool
+    ) -> None:
+        """Count a finished request; `failed`: a proxy error or a 5xx, for the admin page."""
+        self._inflight -= 1
+        stats = self._stats_for(tenant)
+        stats.requests += 1
+        stats.errors += failed
+        if method not in KNOWN_METHODS:
+            method = OTHER_METHOD
+        key = (stats.label, method, str(status)) if self.tenant_label else (method, str(status))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
+        stats.request_duration.observe(seconds)
+
+    def upstream_answered(self, tenant: str, headers: Mapping[str, str], seconds: float) -> None:
+        """Time one upstream attempt and remember the rate-limit budget Genesys reported."""
+        stats = self._stats_for(tenant)
+        stats.upstream_duration.observe(seconds)
+        allowed = _header_int(headers, "inin-ratelimit-allowed")
+        count = _header_int(headers, "inin-ratelimit-count")
+        if allowed is None or count is None or stats is self._unlabelled:
+            return
+        reset = _header_int(headers, "inin-ratelimit-reset")
+        resets_at = math.inf if reset is None else self._clock() + reset
+        stats.ratelimit = RateLimitBudget(max(0, allowed - count), allowed, resets_at)
+
+    def upstream_retry(self, tenant: str, reason: str) -> None:
+        self._child(self.upstream_retries, self._stats_for(tenant).label, reason).inc()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def tenant_stats(self, tenant: str) -> TenantStats | None:
+        """The tenant's counts, if it is one of the labelled (existing) tenants."""
+        return self._tenants.get(tenant)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _stats_for(self, tenant: str | None, *, create: bool = False) -> TenantStats:
+        if tenant is None:
+            return self._unlabelled
+        stats = self._tenants.get(tenant)
+        if stats is not None:
+            return stats
+        if not create or len(self._tenants) >= self._max_tenants:
+            return self._unlabelled
+        stats = self._tenants[tenant] = self._new_stats(tenant)
+        return stats
+
+    def _new_stats(self, tenant: str) -> TenantStats:
+        if not self.tenant_label:
+            return TenantStats(NO_TENANT, self.request_duration, self.upstream_duration)
+        return TenantStats(
+            tenant,
+            self.request_duration.labels(tenant),
+            self.upstream_duration.labels(tenant),
+        )
+
+    def _child(self, metric: Counter, tenant_label: str | None, *values: str) -> Counter:
+        labels = (
+            (tenant_label, *values) if tenant_label is not None and self.tenant_label else values
+        )
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def _scrape_gauges(self) -> Iterable[Metric]:
+        labels = ["tenant"] if self.tenant_label else []
+        expiry = GaugeMetricFamily(
+            EXPIRY,
+            "Unix time at which the cached token of a tenant expires (Genesys' expires_in).",
+            labels=labels,
+        )
+        budget = GaugeMetricFamily(
+            RATELIMIT_REMAINING,
+            "API requests left in the tenant's current Genesys rate-limit window.",
+            labels=labels,
+        )
+        expiries = self._expiries()
+        now = self._clock()
+        budgets = {
+            tenant: stats.ratelimit.remaining_at(now)
+            for tenant, stats in self._tenants.items()
+            if stats.ratelimit is not None
+        }
+        if self.tenant_label:
+            for tenant, value in expiries.items():
+                expiry.add_metric([tenant], value)
+            for tenant, remaining in budgets.items():
+                budget.add_metric([tenant], remaining)
+        else:
+            # One series each: the tenant that needs attention first.
+            if expiries:
+                expiry.add_metric([], min(expiries.values()))
+            if budgets:
+                budget.add_metric([], min(budgets.values()))
+        return [expiry, budget]
+
+    def _expiries(self) -> dict[str, float]:
+        if self._tokens is None:
+            return {}
+        return {
+            state.tenant: state.expires_at
+            for state in self._tokens.snapshot()
+            if state.expires_at is not None and state.tenant in self._tenants
+        }
+
+
+class _ScrapeTimeGauges:
+    """The registry's view of the gauges computed at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so the registry can refuse a duplicate; no snapshot at registration.
+        return [GaugeMetricFamily(EXPIRY, ""), GaugeMetricFamily(RATELIMIT_REMAINING, "")]
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics._scrape_gauges()
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if number >= 0 else None

@@ -1,0 +1,278 @@
+"""deploy/ and the Dockerfile: strict schema validation, cross-references, config, Vault script."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import kubernetes_validate
+import pytest
+
+from proxy.injector.sidecar import RUN_AS
+from tests.conftest import OpenBao, _bao_binary
+from tests.injector_support import K8S, ROOT, load_documents, make_tls_files
+from tests.test_lifecycle import command, run_cli
+
+VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+# Custom resources have no schema in kubernetes-validate: checked by the tests below instead.
+CUSTOM_GROUPS = ("cert-manager.io/",)
+KUSTOMIZE = "kustomize.config.k8s.io/"
+
+
+def manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return [
+        (path, doc)
+        for path in sorted(K8S.rglob("*.yaml"))
+        for doc in load_documents(path)
+        if not doc["apiVersion"].startswith(KUSTOMIZE)
+    ]
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for _, d in manifests() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_kubernetes_document_validates_strictly(version: str) -> None:
+    checked = 0
+    for path, doc in manifests():
+        if doc["apiVersion"].startswith(CUSTOM_GROUPS):
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{path.relative_to(ROOT)}: {doc['kind']}: {exc.message}")
+        checked += 1
+    assert checked == 11  # a count, so a file that stops parsing cannot pass unnoticed
+
+
+def test_only_known_custom_resources_are_used() -> None:
+    custom = {
+        (doc["apiVersion"], doc["kind"])
+        for _, doc in manifests()
+        if doc["apiVersion"].startswith(CUSTOM_GROUPS)
+    }
+    assert custom == {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+
+
+def test_kustomizations_list_every_manifest() -> None:
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        (doc,) = load_documents(kustomization)
+        directory = kustomization.parent
+        present = {p.name for p in directory.glob("*.yaml") if p.name != "kustomization.yaml"}
+        present |= {p.name for p in directory.iterdir() if (p / "kustomization.yaml").exists()}
+        assert set(doc["resources"]) == present, kustomization
+
+
+def test_webhook_reaches_the_injector_service_with_a_cert_manager_certificate() -> None:
+    webhook_config = find("MutatingWebhookConfiguration", "genesys-token-proxy-injector")
+    (webhook,) = webhook_config["webhooks"]
+    service_ref = webhook["clientConfig"]["service"]
+    service = find("Service", service_ref["name"])
+    assert service["metadata"]["namespace"] == service_ref["namespace"]
+    assert service_ref["path"] == "/mutate"
+    assert [p["port"] for p in service["spec"]["ports"]] == [service_ref["port"]]
+    assert webhook["failurePolicy"] in ("Fail", "Ignore")
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    assert webhook["sideEffects"] == "None"
+
+    # Never the system namespaces, nor the injector's own.
+    excluded = next(
+        e
+        for e in webhook["namespaceSelector"]["matchExpressions"]
+        if e["key"] == "kubernetes.io/metadata.name"
+    )
+    assert excluded["operator"] == "NotIn"
+    assert {"kube-system", "kube-public", service_ref["namespace"]} <= set(excluded["values"])
+    assert webhook["objectSelector"]["matchExpressions"]
+
+    certificate = find("Certificate", "genesys-token-proxy-injector")
+    annotation = webhook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    assert annotation == f"{certificate['metadata']['namespace']}/genesys-token-proxy-injector"
+    host = f"{service_ref['name']}.{service_ref['namespace']}.svc"
+    assert host in certificate["spec"]["dnsNames"]
+    issuer = find(
+        certificate["spec"]["issuerRef"]["kind"], certificate["spec"]["issuerRef"]["name"]
+    )
+    assert issuer["metadata"]["namespace"] == certificate["metadata"]["namespace"]
+    deployment = find("Deployment", "genesys-token-proxy-injector")
+    secrets = [v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"]]
+    assert secrets == [certificate["spec"]["secretName"]]
+
+
+def test_injector_defaults_match_the_example_namespace() -> None:
+    deployment = find("Deployment", "genesys-token-proxy-injector")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    flags = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)
+    config_map = find("ConfigMap", flags["config-map"])
+    assert config_map["metadata"]["namespace"] == "genesys-demo"
+    namespace = find("Namespace", "genesys-demo")
+    assert namespace["metadata"]["labels"]["genesys-token-proxy.io/injection"] == "enabled"
+
+
+def _example_config(tmp_path: Path) -> Path:
+    config_map = find("ConfigMap", "genesys-token-proxy")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config_map["data"]["proxy.yaml"], encoding="utf-8")
+    return path
+
+
+def test_example_config_map_passes_check_config_with_the_role_variable(tmp_path: Path) -> None:
+    path = _example_config(tmp_path)
+
+    result = run_cli(
+        "check-config",
+        "--config",
+        str(path),
+        "--print",
+        env={"GENESYS_PROXY_VAULT_ROLE": "example-app"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "role='example-app'" in result.stdout
+    assert "method='kubernetes'" in result.stdout
+
+
+def test_example_config_map_without_a_role_names_the_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GENESYS_PROXY_VAULT_ROLE"}
+    result = subprocess.run(
+        command("check-config", "--config", str(_example_config(tmp_path))),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "vault.auth.role" in result.stderr
+
+
+# -- the Dockerfile ---------------------------------------------------------------------------
+
+
+def _final_stage() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    # Join continuation lines, drop comments.
+    lines = [ln for ln in text.replace("\\\n", " ").splitlines() if ln and not ln.startswith("#")]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("FROM ")]
+    assert len(starts) >= 2, "the Dockerfile is multi-stage"
+    return lines[starts[-1] :]
+
+
+def test_dockerfile_installs_the_package_the_way_the_readme_does() -> None:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    installs = re.findall(r"^RUN (.*pip install.*)$", text, flags=re.MULTILINE)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "pip install . && genesys-token-proxy" in readme
+    assert installs == ["pip install ."]
+    # No pip cache in the layers (the build stage sets this), and the README mentions the image.
+    assert "PIP_NO_CACHE_DIR=1" in text
+    assert "docker build -t genesys-token-proxy:0.1.0 ." in readme
+
+
+def test_dockerfile_final_stage_runs_as_the_non_root_user_the_manifests_expect() -> None:
+    final = _final_stage()
+    (user,) = [ln.split()[1] for ln in final if ln.startswith("USER ")]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit(), "numeric, so the kubelet can check runAsNonRoot"
+    assert int(uid) != 0
+    assert int(uid) == RUN_AS == int(gid)
+    assert not any("pip install" in ln or "apt-get" in ln for ln in final)
+    assert any(ln.startswith("COPY --from=build /opt/venv") for ln in final)
+    (entrypoint,) = [ln for ln in final if ln.startswith("ENTRYPOINT")]
+    assert entrypoint == 'ENTRYPOINT ["genesys-token-proxy"]'
+    (expose,) = [ln.split()[1:] for ln in final if ln.startswith("EXPOSE")]
+    assert set(expose) == {"8080", "9090", "8443"}
+    labels = " ".join(ln for ln in final if ln.startswith("LABEL"))
+    for key in ("title", "description", "version", "licenses", "revision", "created"):
+        assert f"org.opencontainers.image.{key}=" in labels
+
+
+# -- the Vault side ---------------------------------------------------------------------------
+
+
+def test_vault_setup_script_lets_a_role_read_only_its_tenants(
+    openbao: OpenBao, tmp_path: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    reviewer = tmp_path / "reviewer.jwt"
+    reviewer.write_text("fake.reviewer.jwt-not-real")
+    role, mount = f"app-{suffix}", f"k8s-{suffix}"
+    mine, theirs = f"mine-{suffix}", f"theirs-{suffix}"
+    for tenant in (mine, theirs):
+        openbao.put_tenant(tenant, "fake-id", "fake-secret-not-real", "eu-west-1")
+    env = {
+        **os.environ,
+        "VAULT_ADDR": openbao.address,
+        "VAULT_TOKEN": openbao.root_token,
+        "VAULT_CLI": _bao_binary(),
+        "AUTH_MOUNT": mount,
+        "KUBERNETES_HOST": "https://kubernetes.example:6443",
+        # Vault outside the cluster: the API server's CA comes from a file.
+        "KUBERNETES_CA_CERT": str(make_tls_files(tmp_path).ca),
+        "TOKEN_REVIEWER_JWT_FILE": str(reviewer),
+    }
+    script = K8S / "vault" / "setup-vault.sh"
+
+    result = subprocess.run(
+        [str(script), role, "genesys-demo", "example-app", mine],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    root = openbao.client()
+    bound = root.read(f"auth/{mount}/role/{role}")["data"]
+    assert bound["bound_service_account_names"] == ["example-app"]
+    assert bound["bound_service_account_namespaces"] == ["genesys-demo"]
+    assert bound["audience"] == "vault"
+    # A token with exactly the role's policies reads its tenant and nothing else.
+    token = root.auth.token.create(policies=bound["token_policies"], ttl="5m")["auth"]
+    client = hvac.Client(url=openbao.address, token=token["client_token"])
+    secret = client.secrets.kv.v2.read_secret_version(
+        path=f"genesys/tenants/{mine}", mount_point="secret", raise_on_deleted_version=True
+    )
+    assert secret["data"]["data"]["client_id"] == "fake-id"
+    with pytest.raises(hvac.exceptions.Forbidden):
+        client.secrets.kv.v2.read_secret_version(
+            path=f"genesys/tenants/{theirs}", mount_point="secret", raise_on_deleted_version=True
+        )
+    # Running it again is fine (the auth method exists already).
+    again = subprocess.run(
+        [str(script), role, "genesys-demo", "example-app", mine, theirs],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+
+
+def test_vault_setup_script_refuses_a_bad_tenant_id(openbao: OpenBao) -> None:
+    env = {
+        **os.environ,
+        "VAULT_ADDR": openbao.address,
+        "VAULT_TOKEN": openbao.root_token,
+        "VAULT_CLI": _bao_binary(),
+    }
+    result = subprocess.run(
+        [str(K8S / "vault" / "setup-vault.sh"), "r", "ns", "sa", "../../sys"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "../../sys" in result.stderr
