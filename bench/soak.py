@@ -331,6 +331,22 @@ async def drive(
         await asyncio.gather(*in_flight)
 
 
+async def burst_of_unknown_tenants(plan: Plan, tally: Tally, count: int) -> None:
+    """`count` requests at once, each for a different unknown tenant (deliberate 404s)."""
+    async with aiohttp.ClientSession(trust_env=False) as session:
+
+        async def one(n: int) -> None:
+            started = time.monotonic()
+            headers = {"X-Tenant-ID": f"warmup-ghost-{n}"}
+            async with session.get(plan.proxy_url + "/api/v2/users", headers=headers) as response:
+                await response.read()
+                code = response.headers.get("X-Proxy-Error")
+                tally.record(response.status, code, time.monotonic() - started)
+                tally.sent += 1
+
+        await asyncio.gather(*(one(n) for n in range(count)))
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -434,10 +450,13 @@ async def run_traffic(
     def say(message: str) -> None:
         print(f"[{time.monotonic() - begin:6.1f}s] {message}", flush=True)
 
-    # Warm-up: every known tenant gets its token; then the baseline is read at rest.
+    # Warm-up: every known tenant gets its token, and one burst of distinct unknown tenants
+    # makes as many Vault reads at once as the proxy allows, so its Vault connection pool (up
+    # to one per Vault worker thread, kept for reuse) is at its working size before the baseline.
+    await burst_of_unknown_tenants(plan, tally, args.concurrency)
     await drive(plan, tally, until=begin + min(15.0, args.duration * 0.1), **drive_kwargs)
-    # At rest, and longer than the proxy's 30 s upstream keep-alive, so connections pooled for
-    # a burst have closed and are not mistaken for growth (or hide a leak).
+    # At rest long enough for idle upstream connections to close (aiohttp closes them between
+    # 30 and 60 s after last use), so a pool sized for a burst is not mistaken for growth.
     say(f"warmed up; resting {args.rest:g}s before the baseline")
     await asyncio.sleep(args.rest)
     baseline = services.proxy_stats()
@@ -555,7 +574,7 @@ def main() -> int:
         "--outage", type=float, default=8.0, help="seconds Vault stays down mid-run"
     )
     parser.add_argument(
-        "--rest", type=float, default=35.0, help="idle seconds before each RSS/fd reading"
+        "--rest", type=float, default=65.0, help="idle seconds before each RSS/fd reading"
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the traffic mix")
     parser.add_argument(
