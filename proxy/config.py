@@ -291,7 +291,9 @@ class _Section:
     def reject_unknown(self) -> None:
         for name in self._data:
             if not isinstance(name, str) or name not in self._seen:
-                raise ConfigError(self.key(str(name)), "unknown key")
+                # Quoted when odd (a newline, a number): the error must stay one line.
+                shown = name if isinstance(name, str) and name.isprintable() else repr(name)
+                raise ConfigError(self.key(shown), "unknown key")
 
     def _get(self, name: str) -> Any:
         self._seen.add(name)

@@ -83,6 +83,7 @@ def test_repr_redacts_the_vault_token() -> None:
         ({"credentials": {"source": "file"}}, "credentials.file"),
         ({"credentials": {"ttl": "long"}}, "credentials.ttl"),
         ({"credentials": {"stale_ttl": -1}}, "credentials.stale_ttl"),
+        ({"listen": {"port\nx": 1}}, "listen.'port\\nx'"),
         ({"vault": {"kv_version": 3}}, "vault.kv_version"),
         ({"vault": {"path": "genesys/{tenant}/{other}"}}, "vault.path"),
         ({"vault": {"path": "genesys/static"}}, "vault.path"),
