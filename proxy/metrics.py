@@ -3,7 +3,9 @@
 `Metrics` is the only place that names them. The proxy reports into it through small hooks
 (token cache lookups and fetches, Vault requests, upstream answers, finished requests); the
 per-tenant gauges (token expiry, rate-limit budget) are computed when Prometheus scrapes, so an
-evicted tenant's gauge goes away with it.
+evicted tenant's gauge goes away with it. The two duration histograms are kept as plain bucket
+counts per tenant (`DurationHistogram`) and exposed at scrape time too: prometheus_client's
+Histogram holds a lock and a value object per bucket, about 4 KB per tenant and histogram.
 
 Label cardinality stays bounded: a tenant gets its own label value only once its credential
 record was found (the proxy asked Genesys for a token with it), and only for `max_tenants`
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from proxy.tokens import FetchOutcome, TenantTokenState
 
@@ -31,6 +35,9 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 OTHER_METHOD = "other"
 # From sub-millisecond cache hits to Genesys' slowest endpoints (the default timeout is 30 s).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BOUNDS = (*DURATION_BUCKETS, math.inf)
+# The `le` values prometheus_client's own Histogram writes ("0.005", "1.0", "+Inf").
+_BUCKET_NAMES = tuple(cast(Callable[[float], str], floatToGoString)(b) for b in _BOUNDS)
 
 REQUESTS = "genesys_proxy_requests_total"
 REQUEST_DURATION = "genesys_proxy_request_duration_seconds"
@@ -62,13 +69,36 @@ class RateLimitBudget:
         return self.allowed if now >= self.resets_at else self.remaining
 
 
+class DurationHistogram:
+    """Counts per duration bucket and their sum: one tenant's series of a histogram."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_BOUNDS)  # per bucket, not cumulative: one addition per observe
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # Only the event loop's thread observes and scrapes: no lock needed.
+        self.counts[bisect_left(_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by `le`, as the exposition format wants them."""
+        running, cumulative = 0, []
+        for name, count in zip(_BUCKET_NAMES, self.counts, strict=True):
+            running += count
+            cumulative.append((name, float(running)))
+        return cumulative
+
+
 @dataclass(slots=True, eq=False)
 class TenantStats:
-    """One labelled tenant: request counts for the admin page, its cached metric children."""
+    """One labelled tenant: request counts for the admin page, its duration histograms."""
 
     label: str
-    request_duration: Histogram
-    upstream_duration: Histogram
+    request_duration: DurationHistogram
+    upstream_duration: DurationHistogram
     requests: int = 0
     errors: int = 0
     ratelimit: RateLimitBudget | None = None
@@ -96,20 +126,9 @@ class Metrics:
             [*tenant, "method", "status"],
             registry=registry,
         )
-        self.request_duration = Histogram(
-            REQUEST_DURATION,
-            "Time from receiving a request to the last byte of its answer.",
-            tenant,
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            UPSTREAM_DURATION,
-            "Time from sending a request to Genesys Cloud to its response headers, per attempt.",
-            tenant,
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
+        # Without the tenant label, every tenant observes into these two.
+        self._request_duration = DurationHistogram()
+        self._upstream_duration = DurationHistogram()
         self.token_fetches = Counter(
             FETCHES,
             "Token requests to the Genesys login service, by outcome.",
@@ -229,12 +248,8 @@ class Metrics:
 
     def _new_stats(self, tenant: str) -> TenantStats:
         if not self.tenant_label:
-            return TenantStats(NO_TENANT, self.request_duration, self.upstream_duration)
-        return TenantStats(
-            tenant,
-            self.request_duration.labels(tenant),
-            self.upstream_duration.labels(tenant),
-        )
+            return TenantStats(NO_TENANT, self._request_duration, self._upstream_duration)
+        return TenantStats(tenant, DurationHistogram(), DurationHistogram())
 
     def _child(self, metric: Counter, tenant_label: str | None, *values: str) -> Counter:
         labels = (
@@ -276,7 +291,31 @@ class Metrics:
                 expiry.add_metric([], min(expiries.values()))
             if budgets:
                 budget.add_metric([], min(budgets.values()))
-        return [expiry, budget]
+        return [expiry, budget, *self._scrape_histograms()]
+
+    def _scrape_histograms(self) -> Iterable[Metric]:
+        request = HistogramMetricFamily(
+            REQUEST_DURATION,
+            "Time from receiving a request to the last byte of its answer.",
+            labels=["tenant"] if self.tenant_label else None,
+        )
+        upstream = HistogramMetricFamily(
+            UPSTREAM_DURATION,
+            "Time from sending a request to Genesys Cloud to its response headers, per attempt.",
+            labels=["tenant"] if self.tenant_label else None,
+        )
+        if not self.tenant_label:
+            stats = [self._unlabelled]  # every tenant shares its histograms
+        else:
+            stats = [self._unlabelled, *self._tenants.values()]
+        for entry in stats:
+            labels = [entry.label] if self.tenant_label else []
+            for family, histogram in (
+                (request, entry.request_duration),
+                (upstream, entry.upstream_duration),
+            ):
+                family.add_metric(labels, histogram.buckets(), histogram.total)
+        return [request, upstream]
 
     def _expiries(self) -> dict[str, float]:
         if self._tokens is None:
@@ -289,14 +328,19 @@ class Metrics:
 
 
 class _ScrapeTimeGauges:
-    """The registry's view of the gauges computed at scrape time."""
+    """The registry's view of the gauges and histograms computed at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so the registry can refuse a duplicate; no snapshot at registration.
-        return [GaugeMetricFamily(EXPIRY, ""), GaugeMetricFamily(RATELIMIT_REMAINING, "")]
+        return [
+            GaugeMetricFamily(EXPIRY, ""),
+            GaugeMetricFamily(RATELIMIT_REMAINING, ""),
+            HistogramMetricFamily(REQUEST_DURATION, ""),
+            HistogramMetricFamily(UPSTREAM_DURATION, ""),
+        ]
 
     def collect(self) -> Iterable[Metric]:
         return self._metrics._scrape_gauges()
