@@ -3,9 +3,10 @@
 `Metrics` is the only place that names them. The proxy reports into it through small hooks
 (token cache lookups and fetches, Vault requests, upstream answers, finished requests); the
 per-tenant gauges (token expiry, rate-limit budget) are computed when Prometheus scrapes, so an
-evicted tenant's gauge goes away with it. The two duration histograms are kept as plain bucket
-counts per tenant (`DurationHistogram`) and exposed at scrape time too: prometheus_client's
-Histogram holds a lock and a value object per bucket, about 4 KB per tenant and histogram.
+evicted tenant's gauge goes away with it. The per-tenant counters and histograms are plain
+numbers (`LabelledCounts`, `DurationHistogram`) exposed at scrape time too: prometheus_client
+keeps a value object with its own lock per series and per bucket, which came to 11 KB per tenant.
+The event loop's thread is the only one that counts and scrapes, so they need no locks.
 
 Label cardinality stays bounded: a tenant gets its own label value only once its credential
 record was found (the proxy asked Genesys for a token with it), and only for `max_tenants`
@@ -19,12 +20,17 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.utils import floatToGoString
 
 from proxy.tokens import FetchOutcome, TenantTokenState
@@ -67,6 +73,25 @@ class RateLimitBudget:
 
     def remaining_at(self, now: float) -> int:
         return self.allowed if now >= self.resets_at else self.remaining
+
+
+class LabelledCounts:
+    """A counter's values by label values, exposed as one counter family."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.counts: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...]) -> None:
+        self.counts[key] = self.counts.get(key, 0.0) + 1.0
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in self.counts.items():
+            family.add_metric(key, value)
+        return family
 
 
 class DurationHistogram:
@@ -120,20 +145,18 @@ class Metrics:
         self._max_tenants = max_tenants
         self._clock = clock
         tenant: tuple[str, ...] = ("tenant",) if tenant_label else ()
-        self.requests = Counter(
+        self.requests = LabelledCounts(
             REQUESTS,
             "Requests answered on the proxy listener, by final status.",
             [*tenant, "method", "status"],
-            registry=registry,
         )
         # Without the tenant label, every tenant observes into these two.
         self._request_duration = DurationHistogram()
         self._upstream_duration = DurationHistogram()
-        self.token_fetches = Counter(
+        self.token_fetches = LabelledCounts(
             FETCHES,
             "Token requests to the Genesys login service, by outcome.",
             [*tenant, "outcome"],
-            registry=registry,
         )
         self.token_cache = Counter(
             CACHE_LOOKUPS,
@@ -141,11 +164,10 @@ class Metrics:
             ["result"],
             registry=registry,
         )
-        self.upstream_retries = Counter(
+        self.upstream_retries = LabelledCounts(
             UPSTREAM_RETRIES,
             "Requests sent to Genesys Cloud again, by reason (unauthorized: a refused token).",
             [*tenant, "reason"],
-            registry=registry,
         )
         self.vault_requests = Counter(
             VAULT_REQUESTS,
@@ -166,8 +188,7 @@ class Metrics:
         self._cache_miss = self.token_cache.labels("miss")
         self._tenants: dict[str, TenantStats] = {}
         self._unlabelled = self._new_stats(NO_TENANT)
-        self._request_children: dict[tuple[str, ...], Counter] = {}
-        self._children: dict[tuple[object, ...], Counter] = {}
+        self._vault_children: dict[tuple[str, str], Counter] = {}
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -183,12 +204,16 @@ class Metrics:
     def token_fetch(self, tenant: str, outcome: FetchOutcome) -> None:
         # Called only once the tenant's credential record was found: the tenant exists.
         stats = self._stats_for(tenant, create=True)
-        self._child(self.token_fetches, stats.label, outcome).inc()
+        self.token_fetches.inc(self._labels(stats.label, outcome))
 
     # -- hooks: Vault (proxy.vault.RequestObserver) ----------------------------------------------
 
     def vault_request(self, operation: str, outcome: str) -> None:
-        self._child(self.vault_requests, None, operation, outcome).inc()
+        key = (operation, outcome)
+        child = self._vault_children.get(key)
+        if child is None:
+            child = self._vault_children[key] = self.vault_requests.labels(*key)
+        child.inc()
 
     # -- hooks: requests and their upstream answers ----------------------------------------------
 
@@ -205,11 +230,7 @@ class Metrics:
         stats.errors += failed
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        key = (stats.label, method, str(status)) if self.tenant_label else (method, str(status))
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(*key)
-        child.inc()
+        self.requests.inc(self._labels(stats.label, method, str(status)))
         stats.request_duration.observe(seconds)
 
     def upstream_answered(self, tenant: str, headers: Mapping[str, str], seconds: float) -> None:
@@ -225,7 +246,7 @@ class Metrics:
         stats.ratelimit = RateLimitBudget(max(0, allowed - count), allowed, resets_at)
 
     def upstream_retry(self, tenant: str, reason: str) -> None:
-        self._child(self.upstream_retries, self._stats_for(tenant).label, reason).inc()
+        self.upstream_retries.inc(self._labels(self._stats_for(tenant).label, reason))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -251,15 +272,8 @@ class Metrics:
             return TenantStats(NO_TENANT, self._request_duration, self._upstream_duration)
         return TenantStats(tenant, DurationHistogram(), DurationHistogram())
 
-    def _child(self, metric: Counter, tenant_label: str | None, *values: str) -> Counter:
-        labels = (
-            (tenant_label, *values) if tenant_label is not None and self.tenant_label else values
-        )
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _labels(self, tenant_label: str, *values: str) -> tuple[str, ...]:
+        return (tenant_label, *values) if self.tenant_label else values
 
     def _scrape_gauges(self) -> Iterable[Metric]:
         labels = ["tenant"] if self.tenant_label else []
@@ -291,7 +305,8 @@ class Metrics:
                 expiry.add_metric([], min(expiries.values()))
             if budgets:
                 budget.add_metric([], min(budgets.values()))
-        return [expiry, budget, *self._scrape_histograms()]
+        counters = (self.requests, self.token_fetches, self.upstream_retries)
+        return [expiry, budget, *(c.family() for c in counters), *self._scrape_histograms()]
 
     def _scrape_histograms(self) -> Iterable[Metric]:
         request = HistogramMetricFamily(
@@ -338,6 +353,9 @@ class _ScrapeTimeGauges:
         return [
             GaugeMetricFamily(EXPIRY, ""),
             GaugeMetricFamily(RATELIMIT_REMAINING, ""),
+            CounterMetricFamily(REQUESTS, ""),
+            CounterMetricFamily(FETCHES, ""),
+            CounterMetricFamily(UPSTREAM_RETRIES, ""),
             HistogramMetricFamily(REQUEST_DURATION, ""),
             HistogramMetricFamily(UPSTREAM_DURATION, ""),
         ]
