@@ -30,7 +30,7 @@ from proxy.vault import RequestObserver, VaultSession
 log = logging.getLogger("proxy.credentials")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TenantCredentials:
     """One tenant's Genesys OAuth client; `region` is already resolved to a Genesys domain."""
 

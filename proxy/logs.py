@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import sys
@@ -9,20 +11,27 @@ import time
 
 from proxy.config import LogConfig
 
+_BARE = vars(logging.LogRecord("", 0, "", 0, "", None, None))
 # Attributes every LogRecord has; anything else was passed in `extra` and is a structured field.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "taskName",
-}
+_STANDARD = frozenset(_BARE) | {"message", "asctime", "taskName"}
+# LogRecord.__init__ sets these first, so `extra` fields come after them in the record's dict:
+# skipping them halves the cost of finding the fields, once per access-log line.
+_SET_BY_INIT = len(_BARE)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    tail = itertools.islice(vars(record).items(), _SET_BY_INIT, None)
+    return {k: v for k, v in tail if k not in _STANDARD and not k.startswith("_")}
 
 
 def _utc(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+    return _utc_second(int(record.created))
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    # Lines come many per second: format each second once.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 class TextFormatter(logging.Formatter):

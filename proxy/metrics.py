@@ -3,7 +3,10 @@
 `Metrics` is the only place that names them. The proxy reports into it through small hooks
 (token cache lookups and fetches, Vault requests, upstream answers, finished requests); the
 per-tenant gauges (token expiry, rate-limit budget) are computed when Prometheus scrapes, so an
-evicted tenant's gauge goes away with it.
+evicted tenant's gauge goes away with it. The per-tenant counters and histograms are plain
+numbers (`LabelledCounts`, `DurationHistogram`) exposed at scrape time too: prometheus_client
+keeps a value object with its own lock per series and per bucket, which came to 11 KB per tenant.
+The event loop's thread is the only one that counts and scrapes, so they need no locks.
 
 Label cardinality stays bounded: a tenant gets its own label value only once its credential
 record was found (the proxy asked Genesys for a token with it), and only for `max_tenants`
@@ -16,12 +19,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from proxy.tokens import FetchOutcome, TenantTokenState
 
@@ -31,6 +41,9 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 OTHER_METHOD = "other"
 # From sub-millisecond cache hits to Genesys' slowest endpoints (the default timeout is 30 s).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BOUNDS = (*DURATION_BUCKETS, math.inf)
+# The `le` values prometheus_client's own Histogram writes ("0.005", "1.0", "+Inf").
+_BUCKET_NAMES = tuple(cast(Callable[[float], str], floatToGoString)(b) for b in _BOUNDS)
 
 REQUESTS = "genesys_proxy_requests_total"
 REQUEST_DURATION = "genesys_proxy_request_duration_seconds"
@@ -62,13 +75,55 @@ class RateLimitBudget:
         return self.allowed if now >= self.resets_at else self.remaining
 
 
+class LabelledCounts:
+    """A counter's values by label values, exposed as one counter family."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.counts: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...]) -> None:
+        self.counts[key] = self.counts.get(key, 0.0) + 1.0
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in self.counts.items():
+            family.add_metric(key, value)
+        return family
+
+
+class DurationHistogram:
+    """Counts per duration bucket and their sum: one tenant's series of a histogram."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_BOUNDS)  # per bucket, not cumulative: one addition per observe
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # Only the event loop's thread observes and scrapes: no lock needed.
+        self.counts[bisect_left(_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by `le`, as the exposition format wants them."""
+        running, cumulative = 0, []
+        for name, count in zip(_BUCKET_NAMES, self.counts, strict=True):
+            running += count
+            cumulative.append((name, float(running)))
+        return cumulative
+
+
 @dataclass(slots=True, eq=False)
 class TenantStats:
-    """One labelled tenant: request counts for the admin page, its cached metric children."""
+    """One labelled tenant: request counts for the admin page, its duration histograms."""
 
     label: str
-    request_duration: Histogram
-    upstream_duration: Histogram
+    request_duration: DurationHistogram
+    upstream_duration: DurationHistogram
     requests: int = 0
     errors: int = 0
     ratelimit: RateLimitBudget | None = None
@@ -90,31 +145,18 @@ class Metrics:
         self._max_tenants = max_tenants
         self._clock = clock
         tenant: tuple[str, ...] = ("tenant",) if tenant_label else ()
-        self.requests = Counter(
+        self.requests = LabelledCounts(
             REQUESTS,
             "Requests answered on the proxy listener, by final status.",
             [*tenant, "method", "status"],
-            registry=registry,
         )
-        self.request_duration = Histogram(
-            REQUEST_DURATION,
-            "Time from receiving a request to the last byte of its answer.",
-            tenant,
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            UPSTREAM_DURATION,
-            "Time from sending a request to Genesys Cloud to its response headers, per attempt.",
-            tenant,
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.token_fetches = Counter(
+        # Without the tenant label, every tenant observes into these two.
+        self._request_duration = DurationHistogram()
+        self._upstream_duration = DurationHistogram()
+        self.token_fetches = LabelledCounts(
             FETCHES,
             "Token requests to the Genesys login service, by outcome.",
             [*tenant, "outcome"],
-            registry=registry,
         )
         self.token_cache = Counter(
             CACHE_LOOKUPS,
@@ -122,11 +164,10 @@ class Metrics:
             ["result"],
             registry=registry,
         )
-        self.upstream_retries = Counter(
+        self.upstream_retries = LabelledCounts(
             UPSTREAM_RETRIES,
             "Requests sent to Genesys Cloud again, by reason (unauthorized: a refused token).",
             [*tenant, "reason"],
-            registry=registry,
         )
         self.vault_requests = Counter(
             VAULT_REQUESTS,
@@ -147,8 +188,7 @@ class Metrics:
         self._cache_miss = self.token_cache.labels("miss")
         self._tenants: dict[str, TenantStats] = {}
         self._unlabelled = self._new_stats(NO_TENANT)
-        self._request_children: dict[tuple[str, ...], Counter] = {}
-        self._children: dict[tuple[object, ...], Counter] = {}
+        self._vault_children: dict[tuple[str, str], Counter] = {}
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -164,12 +204,16 @@ class Metrics:
     def token_fetch(self, tenant: str, outcome: FetchOutcome) -> None:
         # Called only once the tenant's credential record was found: the tenant exists.
         stats = self._stats_for(tenant, create=True)
-        self._child(self.token_fetches, stats.label, outcome).inc()
+        self.token_fetches.inc(self._labels(stats.label, outcome))
 
     # -- hooks: Vault (proxy.vault.RequestObserver) ----------------------------------------------
 
     def vault_request(self, operation: str, outcome: str) -> None:
-        self._child(self.vault_requests, None, operation, outcome).inc()
+        key = (operation, outcome)
+        child = self._vault_children.get(key)
+        if child is None:
+            child = self._vault_children[key] = self.vault_requests.labels(*key)
+        child.inc()
 
     # -- hooks: requests and their upstream answers ----------------------------------------------
 
@@ -186,11 +230,7 @@ class Metrics:
         stats.errors += failed
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        key = (stats.label, method, str(status)) if self.tenant_label else (method, str(status))
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(*key)
-        child.inc()
+        self.requests.inc(self._labels(stats.label, method, str(status)))
         stats.request_duration.observe(seconds)
 
     def upstream_answered(self, tenant: str, headers: Mapping[str, str], seconds: float) -> None:
@@ -206,7 +246,7 @@ class Metrics:
         stats.ratelimit = RateLimitBudget(max(0, allowed - count), allowed, resets_at)
 
     def upstream_retry(self, tenant: str, reason: str) -> None:
-        self._child(self.upstream_retries, self._stats_for(tenant).label, reason).inc()
+        self.upstream_retries.inc(self._labels(self._stats_for(tenant).label, reason))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -229,22 +269,11 @@ class Metrics:
 
     def _new_stats(self, tenant: str) -> TenantStats:
         if not self.tenant_label:
-            return TenantStats(NO_TENANT, self.request_duration, self.upstream_duration)
-        return TenantStats(
-            tenant,
-            self.request_duration.labels(tenant),
-            self.upstream_duration.labels(tenant),
-        )
+            return TenantStats(NO_TENANT, self._request_duration, self._upstream_duration)
+        return TenantStats(tenant, DurationHistogram(), DurationHistogram())
 
-    def _child(self, metric: Counter, tenant_label: str | None, *values: str) -> Counter:
-        labels = (
-            (tenant_label, *values) if tenant_label is not None and self.tenant_label else values
-        )
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _labels(self, tenant_label: str, *values: str) -> tuple[str, ...]:
+        return (tenant_label, *values) if self.tenant_label else values
 
     def _scrape_gauges(self) -> Iterable[Metric]:
         labels = ["tenant"] if self.tenant_label else []
@@ -276,7 +305,32 @@ class Metrics:
                 expiry.add_metric([], min(expiries.values()))
             if budgets:
                 budget.add_metric([], min(budgets.values()))
-        return [expiry, budget]
+        counters = (self.requests, self.token_fetches, self.upstream_retries)
+        return [expiry, budget, *(c.family() for c in counters), *self._scrape_histograms()]
+
+    def _scrape_histograms(self) -> Iterable[Metric]:
+        request = HistogramMetricFamily(
+            REQUEST_DURATION,
+            "Time from receiving a request to the last byte of its answer.",
+            labels=["tenant"] if self.tenant_label else None,
+        )
+        upstream = HistogramMetricFamily(
+            UPSTREAM_DURATION,
+            "Time from sending a request to Genesys Cloud to its response headers, per attempt.",
+            labels=["tenant"] if self.tenant_label else None,
+        )
+        if not self.tenant_label:
+            stats = [self._unlabelled]  # every tenant shares its histograms
+        else:
+            stats = [self._unlabelled, *self._tenants.values()]
+        for entry in stats:
+            labels = [entry.label] if self.tenant_label else []
+            for family, histogram in (
+                (request, entry.request_duration),
+                (upstream, entry.upstream_duration),
+            ):
+                family.add_metric(labels, histogram.buckets(), histogram.total)
+        return [request, upstream]
 
     def _expiries(self) -> dict[str, float]:
         if self._tokens is None:
@@ -289,14 +343,22 @@ class Metrics:
 
 
 class _ScrapeTimeGauges:
-    """The registry's view of the gauges computed at scrape time."""
+    """The registry's view of the gauges and histograms computed at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so the registry can refuse a duplicate; no snapshot at registration.
-        return [GaugeMetricFamily(EXPIRY, ""), GaugeMetricFamily(RATELIMIT_REMAINING, "")]
+        return [
+            GaugeMetricFamily(EXPIRY, ""),
+            GaugeMetricFamily(RATELIMIT_REMAINING, ""),
+            CounterMetricFamily(REQUESTS, ""),
+            CounterMetricFamily(FETCHES, ""),
+            CounterMetricFamily(UPSTREAM_RETRIES, ""),
+            HistogramMetricFamily(REQUEST_DURATION, ""),
+            HistogramMetricFamily(UPSTREAM_DURATION, ""),
+        ]
 
     def collect(self) -> Iterable[Metric]:
         return self._metrics._scrape_gauges()

@@ -9,6 +9,7 @@ shutdown  /readyz turns 503, the proxy listener stops accepting, in-flight reque
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -22,6 +23,9 @@ from proxy.config import Config
 from proxy.listener import listener_options
 
 log = logging.getLogger("proxy.server")
+
+# Allocations (minus deallocations) between first-generation collections; CPython's is 700.
+GC_THRESHOLD = 20_000
 
 
 class StartupError(Exception):
@@ -118,7 +122,18 @@ async def run_until_signalled(
 def run(config: Config) -> None:
     """Run the daemon to completion on a fresh event loop (uvloop when it is installed)."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(run_until_signalled(Server(config)))
+        runner.run(run_until_signalled(Server(config), on_started=_tune_gc))
+
+
+def _tune_gc(server: Server) -> None:
+    """Make the cyclic garbage collector cheaper for a long-running request loop."""
+    # Everything built at startup (modules, config, apps) lives until exit: freezing it keeps
+    # collections from scanning it again. Each request allocates hundreds of objects, so
+    # CPython's default first-generation threshold (700) ran a collection every few requests;
+    # at 20,000 the proxy spent about 5% less CPU per request (bench/run). Memory held by
+    # uncollected cycles stays small: the threshold counts objects, not bytes.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:

@@ -51,7 +51,7 @@ RETRY_AFTER_CAP = 300.0
 _REJECTED_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "access_denied"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Token:
     """An access token for one tenant, bound to the region domain that issued it."""
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
-from proxy.metrics import Metrics
+from proxy.metrics import DURATION_BUCKETS, DurationHistogram, Metrics
 from tests.conftest import FakeClock, ProxyHarness
 from tests.scrape import scrape
 
@@ -182,3 +183,22 @@ def test_labelled_tenants_are_capped() -> None:
     assert registry.get_sample_value(name, {"tenant": "b", "outcome": "success"}) == 1
     assert registry.get_sample_value(name, {"tenant": "c", "outcome": "success"}) is None
     assert registry.get_sample_value(name, {"tenant": "-", "outcome": "success"}) == 1
+
+
+def test_duration_histogram_matches_prometheus_clients_own() -> None:
+    # The proxy keeps its duration histograms as plain counts (4 KB less per tenant and
+    # histogram); the exposed buckets must be what prometheus_client's Histogram would write.
+    observations = [0.0, 0.005, 0.0051, 0.01, 0.2, 0.25, 1.0, 29.9, 30.0, 31.0, 1e9]
+    reference = Histogram("reference", "", buckets=DURATION_BUCKETS, registry=CollectorRegistry())
+    ours = DurationHistogram()
+    for seconds in observations:
+        reference.observe(seconds)
+        ours.observe(seconds)
+    [family] = reference.collect()
+    expected = [
+        (sample.labels["le"], sample.value)
+        for sample in family.samples
+        if sample.name == "reference_bucket"
+    ]
+    assert ours.buckets() == expected
+    assert ours.total == pytest.approx(sum(observations))
