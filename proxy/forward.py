@@ -268,6 +268,11 @@ class Forwarder:
             )
         except BodyTooLarge:
             raise
+        except aiohttp.ConnectionTimeoutError as exc:
+            # No connection within connect_timeout: Genesys was not reached, nothing was sent.
+            raise UpstreamUnreachable(
+                f"could not connect to Genesys Cloud ({token.domain}) in time", tenant=tenant
+            ) from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("Genesys Cloud did not answer in time", tenant=tenant) from exc
         except aiohttp.ClientError as exc:

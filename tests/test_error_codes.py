@@ -214,3 +214,33 @@ async def test_a_bug_is_a_json_500_with_no_traceback(
     assert "Traceback" not in text
     assert "internal detail" not in text
     assert "simulated bug with internal detail" in caplog.text
+
+
+async def test_a_connect_timeout_is_upstream_unreachable(harness: ProxyHarness) -> None:
+    # A listener whose accept queue is full drops new SYNs: connecting hangs until the timeout.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.1)
+        acme = harness.add_tenant("acme")
+        await harness.start(
+            {
+                "genesys": {
+                    "api_url": f"http://127.0.0.1:{port}/{{domain}}",
+                    "connect_timeout": 0.3,
+                }
+            }
+        )
+        try:
+            response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
+            await expect_error(response, 502, "upstream_unreachable", acme.id)
+        finally:
+            for filler in fillers:
+                filler.close()
