@@ -187,6 +187,9 @@ async def admin_guard(request: web.Request, handler: Handler) -> web.StreamRespo
     response: web.StreamResponse
     if access.mode == "refused":
         response = _refusal(api, 403, "admin_disabled", access.describe())
+    elif not access.host_allowed(request):
+        message = "the open admin page answers only to a loopback Host (DNS rebinding guard)"
+        response = _refusal(api, 403, "bad_host", message)
     elif not access.same_origin(request):
         response = _refusal(api, 403, "cross_origin", "state changes must come from this page")
     elif access.authorized(request) or request.path == "/admin/login":

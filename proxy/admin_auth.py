@@ -148,6 +148,15 @@ class AdminAccess:
             return False
         return hmac.compare_digest(given.encode(), self.csrf_token(request).encode())
 
+    def host_allowed(self, request: web.Request) -> bool:
+        """In open mode, only a loopback Host: a web page that rebinds its own name to 127.0.0.1
+        would otherwise be same-origin with the page and could press its buttons."""
+        if self.mode != "open":
+            return True
+        host = request.host
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0]
+        return is_loopback(name or host)
+
     def same_origin(self, request: web.Request) -> bool:
         """False for a state change a browser says came from another site."""
         if request.method not in UNSAFE_METHODS:

@@ -239,6 +239,23 @@ async def test_non_loopback_admin_without_a_token_refuses_admin_but_not_metrics(
         assert (await harness.admin.get(path)).status == 200, path
 
 
+async def test_open_admin_answers_only_to_a_loopback_host_header(harness: ProxyHarness) -> None:
+    # DNS rebinding: a page at evil.example re-pointed to 127.0.0.1 sends Host: evil.example.
+    good, _ = await with_two_tenants(harness)
+    for host in ("evil.example", "evil.example:9090", "10.0.0.7:9090"):
+        response = await harness.admin.get("/admin/api/tenants", headers={"Host": host})
+        assert response.status == 403, host
+        assert (await response.json())["error"] == "bad_host"
+        refresh = await harness.admin.post(
+            f"/admin/api/tenants/{good.id}/refresh", headers={"Host": host}
+        )
+        assert refresh.status == 403, host
+    for host in ("127.0.0.1:9090", "localhost", "[::1]:9090"):
+        response = await harness.admin.get("/admin/api/tenants", headers={"Host": host})
+        assert response.status == 200, host
+    assert (await harness.admin.get("/metrics", headers={"Host": "evil.example"})).status == 200
+
+
 @pytest.mark.parametrize("content", [None, "", "  \n"])
 def test_an_unreadable_or_empty_token_file_is_a_config_error(
     tmp_path: Path, content: str | None
