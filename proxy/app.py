@@ -21,6 +21,7 @@ from proxy.access_log import RequestObserver, access_middleware
 from proxy.config import Config
 from proxy.credentials import CredentialStore, VaultCredentialSource, create_credential_source
 from proxy.forward import (
+    SKIP_AUTO_HEADERS,
     Forwarder,
     ForwardSettings,
     TenantResolver,
@@ -77,11 +78,14 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     # One session serves every tenant: a cookie jar would replay one tenant's cookies (a load
     # balancer's stickiness cookie, say) on another's requests. Cookies pass through instead.
+    # The forwarder sends the app's headers as they are: no User-Agent, Accept or Content-Type
+    # of aiohttp's own. Set here once; per request, aiohttp rebuilt the set on every call.
     session = aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
         trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
     )
     source = create_credential_source(config, on_vault_request=metrics.vault_request)
     try:

@@ -262,10 +262,11 @@ STALE_RECHECK_SECONDS = 5.0
 
 @dataclass(slots=True)
 class _Cached:
-    """A cached record and the time until which it is fresh (read from the source since)."""
+    """A cached record, the time until which it is fresh, and until which it is kept at all."""
 
     record: TenantCredentials
     fresh_until: float
+    keep_until: float
 
 
 class CredentialStore:
@@ -292,10 +293,12 @@ class CredentialStore:
         self._source = source
         self._ttl = ttl
         self._clock = clock
-        # Kept for ttl + stale_ttl; whether an entry is still fresh is in the entry itself.
-        self._records: TTLCache[str, _Cached] = TTLCache(
-            maxsize=max_entries, ttl=ttl + stale_ttl, timer=clock
-        )
+        self._stale_ttl = stale_ttl
+        self._max_entries = max_entries
+        # Kept for ttl + stale_ttl, oldest read first; each entry knows when it expires. A plain
+        # dict rather than a TTLCache: that keeps a link object, an ordered-dict node and a size
+        # entry per key, about 200 bytes per tenant.
+        self._records: dict[str, _Cached] = {}
         self._unknown: TTLCache[str, str] = TTLCache(
             maxsize=max_entries, ttl=negative_ttl, timer=clock
         )
@@ -322,7 +325,7 @@ class CredentialStore:
 
     def cached(self, tenant: str) -> TenantCredentials | None:
         """The cached record of `tenant` (fresh or stale), without reading the source."""
-        cached = self._records.get(tenant)
+        cached = self._kept(tenant)
         return None if cached is None else cached.record
 
     def invalidate(self, tenant: str) -> None:
@@ -333,7 +336,8 @@ class CredentialStore:
 
     def known_tenants(self) -> list[str]:
         """Tenants whose records are cached, sorted."""
-        return sorted(self._records.keys())
+        now = self._clock()
+        return sorted(t for t, cached in self._records.items() if now < cached.keep_until)
 
     async def ready(self) -> bool:
         return await self._source.ready()
@@ -351,21 +355,46 @@ class CredentialStore:
                 self._unknown[tenant] = exc.message
             raise
         except VaultUnavailable as exc:
-            cached = self._records.get(tenant)
+            cached = self._kept(tenant)
             if cached is None or invalidations != self._invalidations:
                 raise
             return self._serve_stale(tenant, cached, exc)
         if invalidations == self._invalidations:
-            self._records[tenant] = _Cached(record, self._clock() + self._ttl)
+            self._store(tenant, record)
         return record
+
+    def _kept(self, tenant: str) -> _Cached | None:
+        """The tenant's entry unless it is past its stale grace (then it is dropped)."""
+        cached = self._records.get(tenant)
+        if cached is not None and self._clock() >= cached.keep_until:
+            del self._records[tenant]
+            return None
+        return cached
+
+    def _store(self, tenant: str, record: TenantCredentials) -> None:
+        now = self._clock()
+        fresh_until = now + self._ttl
+        # Removed first so the entry moves to the end: the dict stays ordered oldest read first.
+        records = self._records
+        records.pop(tenant, None)
+        # Every entry is kept equally long, so the oldest stored expires first: drop the expired
+        # ones from the front, then the oldest if the cache is still full.
+        while records:
+            oldest = next(iter(records))
+            if now < records[oldest].keep_until and len(records) < self._max_entries:
+                break
+            del records[oldest]
+        self._records[tenant] = _Cached(record, fresh_until, fresh_until + self._stale_ttl)
 
     def _serve_stale(
         self, tenant: str, cached: _Cached, exc: VaultUnavailable
     ) -> TenantCredentials:
         # Mutated in place: assigning would restart the entry's time in the cache, and so
         # stretch the stale grace past stale_ttl.
-        cached.fresh_until = self._clock() + min(
-            STALE_RECHECK_SECONDS, self._ttl or STALE_RECHECK_SECONDS
+        # Never past the end of the grace: the fast path in `get` only looks at fresh_until.
+        cached.fresh_until = min(
+            self._clock() + min(STALE_RECHECK_SECONDS, self._ttl or STALE_RECHECK_SECONDS),
+            cached.keep_until,
         )
         self.stale_served += 1
         log.warning(

@@ -58,7 +58,8 @@ STREAM_CHUNK_BYTES = 64 * 1024
 # The methods of a REST API. Anything else (TRACE, WebDAV, made-up tokens) is refused rather
 # than sent to Genesys with a live token attached.
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Without these, aiohttp's client would add headers the app never sent.
+# Without these, aiohttp's client would add headers the app never sent. Set on the session
+# (proxy.app), which the forwarder relies on: per request, aiohttp rebuilds the set each call.
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
 
 
@@ -263,7 +264,6 @@ class Forwarder:
                 headers=headers,
                 data=body,
                 allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
                 timeout=self.settings.timeout,
             )
         except BodyTooLarge:

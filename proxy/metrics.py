@@ -4,7 +4,7 @@
 (token cache lookups and fetches, Vault requests, upstream answers, finished requests); the
 per-tenant gauges (token expiry, rate-limit budget) are computed when Prometheus scrapes, so an
 evicted tenant's gauge goes away with it. The per-tenant counters and histograms are plain
-numbers (`LabelledCounts`, `DurationHistogram`) exposed at scrape time too: prometheus_client
+numbers (`LabelledCounts`, `DurationHistograms`) exposed at scrape time too: prometheus_client
 keeps a value object with its own lock per series and per bucket, which came to 11 KB per tenant.
 The event loop's thread is the only one that counts and scrapes, so they need no locks.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ OTHER_METHOD = "other"
 # From sub-millisecond cache hits to Genesys' slowest endpoints (the default timeout is 30 s).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BOUNDS = (*DURATION_BUCKETS, math.inf)
+_BUCKET_COUNT = len(_BOUNDS)
 # The `le` values prometheus_client's own Histogram writes ("0.005", "1.0", "+Inf").
 _BUCKET_NAMES = tuple(cast(Callable[[float], str], floatToGoString)(b) for b in _BOUNDS)
 
@@ -82,36 +84,55 @@ class LabelledCounts:
         self.name = name
         self.documentation = documentation
         self.labels = list(labels)
-        self.counts: dict[tuple[str, ...], float] = {}
+        # Ints: up to 256 they are CPython's shared small ints, where a float is 24 bytes each.
+        self.counts: dict[tuple[str, ...], int] = {}
 
     def inc(self, key: tuple[str, ...]) -> None:
-        self.counts[key] = self.counts.get(key, 0.0) + 1.0
+        self.counts[key] = self.counts.get(key, 0) + 1
 
     def family(self) -> CounterMetricFamily:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for key, value in self.counts.items():
-            family.add_metric(key, value)
+            family.add_metric(key, float(value))
         return family
 
 
-class DurationHistogram:
-    """Counts per duration bucket and their sum: one tenant's series of a histogram."""
+class DurationHistograms:
+    """One tenant's series of both duration histograms: counts per bucket and their sums.
 
-    __slots__ = ("counts", "total")
+    Both histograms' counts share one array of machine integers (request buckets first): a list
+    per histogram and an object around each cost about 200 bytes more per tenant.
+    """
+
+    __slots__ = ("counts", "request_total", "upstream_total")
 
     def __init__(self) -> None:
-        self.counts = [0] * len(_BOUNDS)  # per bucket, not cumulative: one addition per observe
-        self.total = 0.0
+        # Per bucket, not cumulative: one addition per observation.
+        self.counts = array("Q", bytes(2 * _BUCKET_COUNT * 8))
+        self.request_total = 0.0
+        self.upstream_total = 0.0
 
-    def observe(self, seconds: float) -> None:
-        # Only the event loop's thread observes and scrapes: no lock needed.
+    # Only the event loop's thread observes and scrapes: no lock needed.
+    def observe_request(self, seconds: float) -> None:
         self.counts[bisect_left(_BOUNDS, seconds)] += 1
-        self.total += seconds
+        self.request_total += seconds
 
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative counts by `le`, as the exposition format wants them."""
+    def observe_upstream(self, seconds: float) -> None:
+        self.counts[_BUCKET_COUNT + bisect_left(_BOUNDS, seconds)] += 1
+        self.upstream_total += seconds
+
+    def request_buckets(self) -> list[tuple[str, float]]:
+        """The request histogram's cumulative counts by `le`, as the exposition format wants."""
+        return self._cumulative(0)
+
+    def upstream_buckets(self) -> list[tuple[str, float]]:
+        """The upstream histogram's cumulative counts by `le`."""
+        return self._cumulative(_BUCKET_COUNT)
+
+    def _cumulative(self, start: int) -> list[tuple[str, float]]:
         running, cumulative = 0, []
-        for name, count in zip(_BUCKET_NAMES, self.counts, strict=True):
+        counts = self.counts[start : start + _BUCKET_COUNT]
+        for name, count in zip(_BUCKET_NAMES, counts, strict=True):
             running += count
             cumulative.append((name, float(running)))
         return cumulative
@@ -122,8 +143,7 @@ class TenantStats:
     """One labelled tenant: request counts for the admin page, its duration histograms."""
 
     label: str
-    request_duration: DurationHistogram
-    upstream_duration: DurationHistogram
+    durations: DurationHistograms
     requests: int = 0
     errors: int = 0
     ratelimit: RateLimitBudget | None = None
@@ -150,9 +170,8 @@ class Metrics:
             "Requests answered on the proxy listener, by final status.",
             [*tenant, "method", "status"],
         )
-        # Without the tenant label, every tenant observes into these two.
-        self._request_duration = DurationHistogram()
-        self._upstream_duration = DurationHistogram()
+        # Without the tenant label, every tenant observes into these.
+        self._durations = DurationHistograms()
         self.token_fetches = LabelledCounts(
             FETCHES,
             "Token requests to the Genesys login service, by outcome.",
@@ -230,13 +249,13 @@ class Metrics:
         stats.errors += failed
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        self.requests.inc(self._labels(stats.label, method, str(status)))
-        stats.request_duration.observe(seconds)
+        self.requests.inc(self._labels(stats.label, method, _status_text(status)))
+        stats.durations.observe_request(seconds)
 
     def upstream_answered(self, tenant: str, headers: Mapping[str, str], seconds: float) -> None:
         """Time one upstream attempt and remember the rate-limit budget Genesys reported."""
         stats = self._stats_for(tenant)
-        stats.upstream_duration.observe(seconds)
+        stats.durations.observe_upstream(seconds)
         allowed = _header_int(headers, "inin-ratelimit-allowed")
         count = _header_int(headers, "inin-ratelimit-count")
         if allowed is None or count is None or stats is self._unlabelled:
@@ -269,8 +288,8 @@ class Metrics:
 
     def _new_stats(self, tenant: str) -> TenantStats:
         if not self.tenant_label:
-            return TenantStats(NO_TENANT, self._request_duration, self._upstream_duration)
-        return TenantStats(tenant, DurationHistogram(), DurationHistogram())
+            return TenantStats(NO_TENANT, self._durations)
+        return TenantStats(tenant, DurationHistograms())
 
     def _labels(self, tenant_label: str, *values: str) -> tuple[str, ...]:
         return (tenant_label, *values) if self.tenant_label else values
@@ -325,11 +344,9 @@ class Metrics:
             stats = [self._unlabelled, *self._tenants.values()]
         for entry in stats:
             labels = [entry.label] if self.tenant_label else []
-            for family, histogram in (
-                (request, entry.request_duration),
-                (upstream, entry.upstream_duration),
-            ):
-                family.add_metric(labels, histogram.buckets(), histogram.total)
+            durations = entry.durations
+            request.add_metric(labels, durations.request_buckets(), durations.request_total)
+            upstream.add_metric(labels, durations.upstream_buckets(), durations.upstream_total)
         return [request, upstream]
 
     def _expiries(self) -> dict[str, float]:
@@ -362,6 +379,15 @@ class _ScrapeTimeGauges:
 
     def collect(self) -> Iterable[Metric]:
         return self._metrics._scrape_gauges()
+
+
+# One shared string per status code, rather than a new one in every tenant's label set.
+_STATUS_TEXT = {status: str(status) for status in range(100, 600)}
+
+
+def _status_text(status: int) -> str:
+    text = _STATUS_TEXT.get(status)
+    return str(status) if text is None else text
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:

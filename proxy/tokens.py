@@ -130,6 +130,8 @@ class GenesysTokenFetcher:
         headers = {
             "Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
             "Accept": "application/json",
+            # Explicit: the proxy's session skips aiohttp's automatic Content-Type.
+            "Content-Type": "application/x-www-form-urlencoded",
         }
         # Stamp before sending: the token's life cannot have started earlier than this.
         obtained_at, obtained_wall = self._clock(), self._wall_clock()

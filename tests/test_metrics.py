@@ -7,7 +7,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from proxy.metrics import DURATION_BUCKETS, DurationHistogram, Metrics
+from proxy.metrics import DURATION_BUCKETS, DurationHistograms, Metrics
 from tests.conftest import FakeClock, ProxyHarness
 from tests.scrape import scrape
 
@@ -190,15 +190,18 @@ def test_duration_histogram_matches_prometheus_clients_own() -> None:
     # histogram); the exposed buckets must be what prometheus_client's Histogram would write.
     observations = [0.0, 0.005, 0.0051, 0.01, 0.2, 0.25, 1.0, 29.9, 30.0, 31.0, 1e9]
     reference = Histogram("reference", "", buckets=DURATION_BUCKETS, registry=CollectorRegistry())
-    ours = DurationHistogram()
+    ours = DurationHistograms()
     for seconds in observations:
         reference.observe(seconds)
-        ours.observe(seconds)
+        ours.observe_request(seconds)
+        ours.observe_upstream(seconds / 2)  # the other histogram in the same array
     [family] = reference.collect()
     expected = [
         (sample.labels["le"], sample.value)
         for sample in family.samples
         if sample.name == "reference_bucket"
     ]
-    assert ours.buckets() == expected
-    assert ours.total == pytest.approx(sum(observations))
+    assert ours.request_buckets() == expected
+    assert ours.request_total == pytest.approx(sum(observations))
+    assert ours.upstream_buckets() != expected
+    assert ours.upstream_total == pytest.approx(sum(observations) / 2)
