@@ -181,7 +181,7 @@ class FileCredentialSource:
         record = self._records.get(tenant)
         if record is None:
             raise UnknownTenant(
-                f"no credential record for tenant {tenant!r} in {self._path}", tenant=tenant
+                f"no credential record for tenant {tenant!r} in credentials.file", tenant=tenant
             )
         if not isinstance(record, Mapping):
             raise InvalidTenantCredentials(
