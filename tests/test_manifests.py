@@ -18,6 +18,7 @@ from proxy.injector.sidecar import RUN_AS
 from tests.conftest import OpenBao, _bao_binary
 from tests.injector_support import K8S, ROOT, load_documents, make_tls_files
 from tests.test_lifecycle import command, run_cli
+from tests.test_vault_policies import tenant_policy
 
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # Custom resources have no schema in kubernetes-validate: checked by the tests below instead.
@@ -236,6 +237,10 @@ def test_vault_setup_script_lets_a_role_read_only_its_tenants(
     assert bound["bound_service_account_names"] == ["example-app"]
     assert bound["bound_service_account_namespaces"] == ["genesys-demo"]
     assert bound["audience"] == "vault"
+    assert bound["token_policies"] == [f"genesys-token-proxy-{role}"]
+    # The installed policy is config/vault/'s per-tenant template rendered for the tenant.
+    installed = root.sys.read_policy(name=f"genesys-token-proxy-{role}")["data"]["rules"]
+    assert installed == tenant_policy(mine)
     # A token with exactly the role's policies reads its tenant and nothing else.
     token = root.auth.token.create(policies=bound["token_policies"], ttl="5m")["auth"]
     client = hvac.Client(url=openbao.address, token=token["client_token"])
@@ -247,7 +252,7 @@ def test_vault_setup_script_lets_a_role_read_only_its_tenants(
         client.secrets.kv.v2.read_secret_version(
             path=f"genesys/tenants/{theirs}", mount_point="secret", raise_on_deleted_version=True
         )
-    # Running it again is fine (the auth method exists already).
+    # Running it again is fine (the auth method exists already) and changes the role's tenants.
     again = subprocess.run(
         [str(script), role, "genesys-demo", "example-app", mine, theirs],
         capture_output=True,
@@ -257,17 +262,104 @@ def test_vault_setup_script_lets_a_role_read_only_its_tenants(
         check=False,
     )
     assert again.returncode == 0, again.stderr
+    installed = root.sys.read_policy(name=f"genesys-token-proxy-{role}")["data"]["rules"]
+    assert installed == tenant_policy(mine) + tenant_policy(theirs)
+    secret = client.secrets.kv.v2.read_secret_version(
+        path=f"genesys/tenants/{theirs}", mount_point="secret", raise_on_deleted_version=True
+    )
+    assert secret["data"]["data"]["client_id"] == "fake-id"
 
 
-def test_vault_setup_script_refuses_a_bad_tenant_id(openbao: OpenBao) -> None:
+def test_vault_setup_script_renders_the_template_for_another_kv_mount_and_path(
+    openbao: OpenBao,
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    role, mount, kv_mount = f"app-{suffix}", f"k8s-{suffix}", f"kv-{suffix}"
+    root = openbao.client()
+    root.sys.enable_secrets_engine("kv", path=kv_mount, options={"version": "2"})
+    root.secrets.kv.v2.create_or_update_secret(
+        path="apps/genesys/acme", secret={"client_id": "fake-id"}, mount_point=kv_mount
+    )
     env = {
         **os.environ,
         "VAULT_ADDR": openbao.address,
         "VAULT_TOKEN": openbao.root_token,
         "VAULT_CLI": _bao_binary(),
+        "AUTH_MOUNT": mount,
+        "KV_MOUNT": kv_mount,
+        "TENANT_PATH": "apps/genesys",
+    }
+
+    result = subprocess.run(
+        [str(K8S / "vault" / "setup-vault.sh"), role, "ns", "sa", "acme"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    installed = root.sys.read_policy(name=f"genesys-token-proxy-{role}")["data"]["rules"]
+    # The template with only its path moved: the rest of the text is config/vault/'s.
+    expected = tenant_policy("acme").replace(
+        '"secret/data/genesys/tenants/acme"', f'"{kv_mount}/data/apps/genesys/acme"'
+    )
+    assert installed == expected != tenant_policy("acme")
+    token = root.auth.token.create(policies=[f"genesys-token-proxy-{role}"], ttl="5m")["auth"]
+    client = hvac.Client(url=openbao.address, token=token["client_token"])
+    secret = client.secrets.kv.v2.read_secret_version(
+        path="apps/genesys/acme", mount_point=kv_mount, raise_on_deleted_version=True
+    )
+    assert secret["data"]["data"]["client_id"] == "fake-id"
+
+
+def test_vault_setup_script_refuses_a_template_without_the_tenants_path(tmp_path: Path) -> None:
+    # A copy of the repository's layout whose template grants some other path.
+    script = tmp_path / "deploy" / "k8s" / "vault" / "setup-vault.sh"
+    script.parent.mkdir(parents=True)
+    script.write_bytes((K8S / "vault" / "setup-vault.sh").read_bytes())
+    script.chmod(0o755)
+    template = tmp_path / "config" / "vault" / "genesys-tenant.hcl.tmpl"
+    template.parent.mkdir(parents=True)
+    template.write_text('path "secret/data/genesys/tenants/*" {\n  capabilities = ["read"]\n}\n')
+    # Vault is never reached: a CLI that fails would make the script fail without this message.
+    env = {**os.environ, "VAULT_CLI": "false"}
+
+    result = subprocess.run(
+        [str(script), "r", "ns", "sa", "acme"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "does not grant the path of tenant 'acme'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "tenant", "named"),
+    [
+        ({}, "../../sys", "tenant '../../sys'"),
+        ({"KV_MOUNT": "secret/*"}, "acme", "KV_MOUNT 'secret/*'"),
+        ({"TENANT_PATH": "genesys/../sys"}, "acme", "TENANT_PATH 'genesys/../sys'"),
+        ({"TENANT_PATH": "genesys|tenants"}, "acme", "TENANT_PATH 'genesys|tenants'"),
+    ],
+)
+def test_vault_setup_script_refuses_a_bad_tenant_id_or_path(
+    openbao: OpenBao, setting: dict[str, str], tenant: str, named: str
+) -> None:
+    env = {
+        **os.environ,
+        "VAULT_ADDR": openbao.address,
+        "VAULT_TOKEN": openbao.root_token,
+        "VAULT_CLI": _bao_binary(),
+        **setting,
     }
     result = subprocess.run(
-        [str(K8S / "vault" / "setup-vault.sh"), "r", "ns", "sa", "../../sys"],
+        [str(K8S / "vault" / "setup-vault.sh"), "r", "ns", "sa", tenant],
         capture_output=True,
         text=True,
         env=env,
@@ -275,4 +367,5 @@ def test_vault_setup_script_refuses_a_bad_tenant_id(openbao: OpenBao) -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "../../sys" in result.stderr
+    assert named in result.stderr
+    assert result.stderr.count("\n") == 1  # one line

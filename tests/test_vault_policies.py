@@ -1,7 +1,8 @@
 """The example Vault policies in config/vault/, loaded as they are, enforce per-tenant isolation.
 
 Each test gets its own OpenBao namespace, so the files' fixed paths (tenant "acme") are used
-unchanged; the templated policy gets its auth mount's accessor as the README's `sed` does.
+unchanged; the per-tenant template is rendered for "acme" and the namespace-templated policy gets
+its auth mount's accessor, both as the README's `sed` does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ from tests.kubernetes_standin import KubernetesStandIn, ServiceAccount
 from tests.test_vault_kubernetes import kubernetes_auth, kubernetes_role
 
 POLICIES = Path(__file__).resolve().parent.parent / "config" / "vault"
+TENANT_TEMPLATE = POLICIES / "genesys-tenant.hcl.tmpl"
+
+
+def tenant_policy(tenant: str) -> str:
+    """The per-tenant template rendered for `tenant`, as the README's sed and setup-vault.sh do."""
+    return TENANT_TEMPLATE.read_text().replace("{tenant}", tenant)
+
+
+def test_the_acme_policy_file_is_the_template_rendered_for_acme() -> None:
+    grants = [line for line in TENANT_TEMPLATE.read_text().splitlines() if line.startswith("path")]
+    # Exactly one path, the default one, with the placeholder setup-vault.sh rewrites.
+    assert grants == ['path "secret/data/genesys/tenants/{tenant}" {']
+    assert (POLICIES / "genesys-tenant-acme.hcl").read_text() == tenant_policy("acme")
 
 
 def add_tenant(harness: ProxyHarness, vault: hvac.Client, tenant: str) -> str:
@@ -43,8 +57,7 @@ async def test_per_tenant_policy_file_lets_a_role_read_its_tenant_only(
     vault = create_vault_namespace(openbao, namespace)
     acme_client = add_tenant(harness, vault, "acme")
     add_tenant(harness, vault, "globex")
-    policy = (POLICIES / "genesys-tenant-acme.hcl").read_text()
-    vault.sys.create_or_update_policy(name="genesys-tenant-acme", policy=policy)
+    vault.sys.create_or_update_policy(name="genesys-tenant-acme", policy=tenant_policy("acme"))
     vault.sys.enable_auth_method("approle")
     vault.auth.approle.create_or_update_approle("acme-app", token_policies=["genesys-tenant-acme"])
     role_id = vault.auth.approle.read_role_id("acme-app")["data"]["role_id"]
