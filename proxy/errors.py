@@ -8,6 +8,7 @@
         ├── BadRequest                   400 bad_request
         ├── UnknownTenant                404 unknown_tenant
         ├── TenantForbidden              403 tenant_forbidden
+        ├── RequestTimeout               408 request_timeout
         ├── BodyTooLarge                 413 body_too_large
         ├── InvalidTenantCredentials     502 invalid_tenant_credentials
         ├── GenesysAuthFailed            502 genesys_auth_failed
@@ -87,6 +88,11 @@ class UnknownTenant(ProxyError):
 class TenantForbidden(ProxyError):
     status = 403
     code = "tenant_forbidden"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    code = "request_timeout"
 
 
 class BodyTooLarge(ProxyError):

@@ -31,6 +31,7 @@ from proxy.errors import (
     InvalidTenant,
     MissingTenant,
     ProxyError,
+    RequestTimeout,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -86,6 +87,7 @@ class ForwardSettings:
     tenant_header: str
     api_url: str
     max_body_bytes: int
+    body_timeout: float
     timeout: aiohttp.ClientTimeout
 
     @classmethod
@@ -94,6 +96,8 @@ class ForwardSettings:
             tenant_header=config.tenant.header,
             api_url=config.genesys.api_url,
             max_body_bytes=config.listen.max_body_bytes,
+            # Each wait for more of the app's body: a stalled body must not hold a request open.
+            body_timeout=config.listen.idle_timeout,
             # `timeout` bounds each wait for the upstream, not a whole streamed download.
             timeout=aiohttp.ClientTimeout(
                 total=None,
@@ -126,6 +130,9 @@ async def error_middleware(
         if not request.raw_path.startswith("/"):
             raise BadRequest("the request target must be a path, not an absolute URL")
         return await handler(request)
+    except RequestTimeout as exc:
+        log.info("request failed: %s %s", exc.code, exc.message, extra={"tenant": exc.tenant})
+        return await _answer_and_close(request, error_response(exc))
     except ProxyError as exc:
         if exc.status >= 500:
             log.warning(
@@ -146,6 +153,19 @@ async def error_middleware(
         # A bug, not the client's fault: log it here, never send a traceback to the app.
         log.exception("unexpected error while handling %s %s", request.method, request.path)
         return error_response(InternalError("the proxy failed unexpectedly; see its logs"))
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection without waiting for the rest of the body."""
+    if request.transport is None or request.transport.is_closing():
+        return response  # already cut off (a stalled streamed body): aiohttp drops it quietly
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    # Otherwise aiohttp keeps reading the unfinished body for its lingering time (10 s): the
+    # very stall the answer is about. close() still flushes the answer before closing.
+    request.protocol.force_close()
+    return response
 
 
 class TenantResolver:
@@ -245,8 +265,19 @@ class Forwarder:
         if not request.body_exists:
             return None, True
         if length is not None and length <= REPLAY_BUFFER_BYTES:
-            return await request.content.readexactly(length), True
-        return _limited_stream(request, limit, tenant), False
+            content = request.content
+            if content.is_eof():
+                # The whole body came with the head (most small requests): nothing to wait for.
+                return await content.readexactly(length), True
+            try:
+                async with asyncio.timeout(self.settings.body_timeout):
+                    return await content.readexactly(length), True
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no more of the request body arrived for {self.settings.body_timeout:g} s",
+                    tenant=tenant,
+                ) from None
+        return _limited_stream(request, limit, self.settings.body_timeout, tenant), False
 
     async def _send(
         self,
@@ -276,7 +307,7 @@ class Forwarder:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("Genesys Cloud did not answer in time", tenant=tenant) from exc
         except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, BodyTooLarge):
+            if isinstance(exc.__cause__, (BodyTooLarge, RequestTimeout)):
                 raise exc.__cause__ from None
             if request.transport is None or request.transport.is_closing():
                 # Reading the app's streamed body failed because the app went away.
@@ -334,10 +365,26 @@ def _with_connection_names(base: frozenset[str], headers: CIMultiDictProxy[str])
     return base | {name.strip().lower() for name in connection.split(",")}
 
 
-async def _limited_stream(request: web.Request, limit: int, tenant: str) -> AsyncIterator[bytes]:
-    """Stream the request body upstream, refusing it once it passes `limit` bytes."""
+async def _limited_stream(
+    request: web.Request, limit: int, stall_seconds: float, tenant: str
+) -> AsyncIterator[bytes]:
+    """Stream the request body upstream, refusing it past `limit` bytes or a stall."""
+    content = request.content
     seen = 0
-    async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
+    while True:
+        try:
+            async with asyncio.timeout(stall_seconds):
+                chunk = await content.read(STREAM_CHUNK_BYTES)
+        except TimeoutError:
+            # Genesys has part of the body already: no answer can be complete now, so the
+            # upstream request is dropped (raising here aborts it) and the app is cut off.
+            request.protocol.force_close()
+            raise RequestTimeout(
+                f"the streamed request body stalled for {stall_seconds:g} s; connection closed",
+                tenant=tenant,
+            ) from None
+        if not chunk:
+            return
         seen += len(chunk)
         if seen > limit:
             raise BodyTooLarge(f"the request body passed the {limit}-byte limit", tenant=tenant)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
+import json
 import logging
 from typing import Any
 
@@ -335,3 +338,132 @@ async def test_a_flood_of_unknown_tenants_reads_vault_once_each_and_stays_bounde
     assert len(runtime.credentials._unknown) <= 50
     assert len(runtime.credentials._records) == 0
     assert runtime.tokens.snapshot() == []  # no token bookkeeping for tenants that do not exist
+
+
+# -- Slow request bodies: `listen.idle_timeout` also bounds each wait for more of the body --------
+
+BODY_STALL = 0.5  # listen.idle_timeout for these tests, in seconds
+
+
+@pytest.fixture
+async def impatient(
+    harness: ProxyHarness, caplog: pytest.LogCaptureFixture
+) -> tuple[ProxyHarness, TenantInfo]:
+    caplog.set_level(logging.DEBUG, logger="proxy")
+    acme = harness.add_tenant("acme")
+    await harness.start({"listen": {"idle_timeout": BODY_STALL}})
+    await still_serves(harness, acme)
+    return harness, acme
+
+
+async def stall_mid_body(port: int, head: bytes, body_start: bytes) -> bytes:
+    """Send a head and the start of a body, then nothing: what comes back before the close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body_start)
+        await writer.drain()
+        # Only a guard against a hang, set below aiohttp's 10 s lingering close: the proxy must
+        # close the connection itself, not wait for the rest of a body that never comes.
+        return await asyncio.wait_for(reader.read(), 8)
+    finally:
+        writer.close()
+        await _closed(writer)
+
+
+async def recorded(harness: ProxyHarness, path: str) -> list[Any]:
+    """The simulator's records of `path`, once it has finished with at least one (up to 10 s)."""
+    for _ in range(200):
+        seen = [r for r in harness.sim.requests if r.path == path]
+        if seen:
+            return seen
+        await asyncio.sleep(0.05)
+    return []
+
+
+async def test_a_body_that_stalls_before_it_is_complete_gets_408(
+    impatient: tuple[ProxyHarness, TenantInfo], caplog: pytest.LogCaptureFixture
+) -> None:
+    harness, acme = impatient
+    reads = harness.runtime.credentials.reads
+    head = (
+        f"POST /api/v2/sim/echo HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: {acme.id}\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    ).encode()
+    answer = await stall_mid_body(harness.client.port, head, b"0123456789")
+    assert status_of(answer) == 408, answer[:200]
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert b"X-Proxy-Error: request_timeout" in head_part
+    assert b"Connection: close" in head_part
+    assert json.loads(body) == {
+        "error": "request_timeout",
+        "message": f"no more of the request body arrived for {BODY_STALL:g} s",
+        "tenant": acme.id,
+    }
+    # Answered before the token or Genesys were needed: nothing was sent upstream.
+    assert harness.sim.api_requests(acme.client_id) == 1
+    assert harness.runtime.credentials.reads == reads
+    assert_clean_log(caplog)
+    await still_serves(harness, acme)
+
+
+@pytest.mark.parametrize(
+    ("framing", "body_start"),
+    [
+        (
+            "Transfer-Encoding: chunked",
+            b"a\r\n0123456789\r\n" + b"4000\r\n" + b"y" * 0x4000 + b"\r\n",
+        ),
+        ("Content-Length: 1000000", b"z" * 300_000),
+    ],
+    ids=["chunked", "streamed-length"],
+)
+async def test_a_streamed_body_that_stalls_is_cut_off_and_never_completes_upstream(
+    impatient: tuple[ProxyHarness, TenantInfo],
+    caplog: pytest.LogCaptureFixture,
+    framing: str,
+    body_start: bytes,
+) -> None:
+    harness, acme = impatient
+    baseline = len(asyncio.all_tasks())
+    head = (
+        f"PUT /api/v2/sim/echo/stall HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: {acme.id}\r\n"
+        f"{framing}\r\n\r\n"
+    ).encode()
+    answer = await stall_mid_body(harness.client.port, head, body_start)
+    # Genesys had part of the body already, so there is no answer to give: the connection closes.
+    assert answer == b""
+    # The request did reach Genesys, which saw it break off (499): never a complete body.
+    assert harness.sim.api_requests(acme.client_id) == 2
+    seen = await recorded(harness, "/api/v2/sim/echo/stall")
+    assert [r.status for r in seen] == [499]
+    assert await settled_tasks(baseline) <= baseline
+    assert_clean_log(caplog, logging.WARNING)
+    await still_serves(harness, acme)
+
+
+async def test_uploads_slower_overall_than_the_timeout_still_pass(
+    impatient: tuple[ProxyHarness, TenantInfo], caplog: pytest.LogCaptureFixture
+) -> None:
+    harness, acme = impatient
+    two_mib = bytes(range(256)) * (2 * 1024 * 1024 // 256)
+    response = await harness.client.put(
+        "/api/v2/sim/echo", data=io.BytesIO(two_mib), headers={"X-Tenant-ID": acme.id}
+    )
+    assert response.status == 200
+    assert (await response.json())["body_sha256"] == hashlib.sha256(two_mib).hexdigest()
+
+    # A chunked body whose parts come well within the timeout of each other: the bound is on
+    # each wait, not on the whole body, which takes longer than one timeout here.
+    parts = [bytes([i]) * 50_000 for i in range(8)]
+
+    async def trickle() -> Any:
+        for part in parts:
+            yield part
+            await asyncio.sleep(BODY_STALL / 5)
+
+    response = await harness.client.post(
+        "/api/v2/sim/echo", data=trickle(), headers={"X-Tenant-ID": acme.id}
+    )
+    assert response.status == 200
+    assert (await response.json())["body_sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert_clean_log(caplog, logging.WARNING)
