@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -91,7 +92,8 @@ async def main() -> None:
 
     sim_port, port, admin_port = find_free_port(), find_free_port(), find_free_port()
     tenants = [f"bench-{i:03d}" for i in range(args.tenants)]
-    clients = [f"--client=bench-client-{t}:bench-secret-not-real:mypurecloud.ie" for t in tenants]
+    client_secret = secrets.token_urlsafe(24)  # made up per run; only this simulator knows it
+    clients = [f"--client=bench-client-{t}:{client_secret}:mypurecloud.ie" for t in tenants]
     with tempfile.TemporaryDirectory() as tmp:
         creds = Path(tmp) / "tenants.yaml"
         creds.write_text(
@@ -99,7 +101,7 @@ async def main() -> None:
                 {
                     t: {
                         "client_id": f"bench-client-{t}",
-                        "client_secret": "bench-secret-not-real",
+                        "client_secret": client_secret,
                         "region": "eu-west-1",
                     }
                     for t in tenants

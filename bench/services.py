@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -43,8 +44,8 @@ UPSTREAM_BODY = json.dumps(
     },
     separators=(",", ":"),
 )
-# Obviously fake: nginx's static header stands in for the token the proxy would inject.
-STATIC_TOKEN = "bench-static-token-not-a-secret"
+# Made up per run: nginx's static header stands in for the token the proxy would inject.
+STATIC_TOKEN = secrets.token_urlsafe(32)
 BAO_ROOT_TOKEN = "bench-root"
 TENANT_PATH = "genesys/tenants/{tenant}"
 _NO_PROXIES = urllib.request.build_opener(urllib.request.ProxyHandler({}))

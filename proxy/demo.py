@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -18,18 +19,16 @@ from proxy.logs import configure_logging
 from proxy.server import Server, run_until_signalled
 from proxy.simulator import GenesysSimulator
 
-# Obviously fake: the simulator accepts them, nothing else does.
+# The secrets are made up afresh at each start: only this run's simulator accepts them.
 DEMO_TENANTS = {
     "demo": {
         "client_id": "demo-client-0001",
-        "client_secret": "demo-secret-not-real-0001",
         "region": "ap-south-1",
         "domain": "aps1.pure.cloud",
         "org": "Demo Org Mumbai",
     },
     "demo-eu": {
         "client_id": "demo-client-0002",
-        "client_secret": "demo-secret-not-real-0002",
         "region": "mypurecloud.ie",
         "domain": "mypurecloud.ie",
         "org": "Demo Org Dublin",
@@ -60,10 +59,11 @@ Press Ctrl-C to stop.
 
 async def _demo(port: int, admin_port: int) -> None:
     simulator = GenesysSimulator()
-    for tenant in DEMO_TENANTS.values():
+    client_secrets = {name: secrets.token_urlsafe(24) for name in DEMO_TENANTS}
+    for name, tenant in DEMO_TENANTS.items():
         simulator.add_client(
             tenant["client_id"],
-            tenant["client_secret"],
+            client_secrets[name],
             domain=tenant["domain"],
             org_name=tenant["org"],
         )
@@ -71,7 +71,11 @@ async def _demo(port: int, admin_port: int) -> None:
         with tempfile.TemporaryDirectory(prefix="genesys-proxy-demo-") as tmp:
             credentials = Path(tmp) / "tenants.yaml"
             records = {
-                name: {k: t[k] for k in ("client_id", "client_secret", "region")}
+                name: {
+                    "client_id": t["client_id"],
+                    "client_secret": client_secrets[name],
+                    "region": t["region"],
+                }
                 for name, t in DEMO_TENANTS.items()
             }
             credentials.write_text(yaml.safe_dump(records), encoding="utf-8")

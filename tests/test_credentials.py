@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from proxy.errors import (
 from proxy.vault import VaultSession
 from tests.conftest import FakeClock, OpenBao, find_free_port
 
-SECRET = "s3cr3t-client-secret-value"
+SECRET = "fake-" + secrets.token_hex(12)  # made up per run, so a leak check cannot pass by luck
 
 
 def vault_config(openbao: OpenBao, **vault: Any) -> VaultConfig:

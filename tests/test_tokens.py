@@ -6,6 +6,7 @@ import asyncio
 import base64
 import gc
 import logging
+import secrets
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ from proxy.simulator import GenesysSimulator
 from proxy.tokens import GenesysTokenFetcher, Token, TokenManager, _parse_retry_after
 from tests.conftest import FakeClock
 
-SECRET = "s3cr3t-client-secret-value"
+SECRET = "fake-" + secrets.token_hex(12)  # made up per run, so a leak check cannot pass by luck
 REGION = "mypurecloud.ie"
 
 
