@@ -33,10 +33,10 @@ import aiohttp
 import yaml
 from prometheus_client import CollectorRegistry, Counter
 
-from proxy.access_log import redact_target
 from proxy.config import parse_config
-from proxy.logs import JsonFormatter, TextFormatter
-from proxy.metrics import Metrics
+from proxy.ops.access_log import redact_target
+from proxy.ops.logs import JsonFormatter, TextFormatter
+from proxy.ops.metrics import Metrics
 from proxy.server import Server
 from proxy.simulator import GenesysSimulator
 

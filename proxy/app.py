@@ -2,7 +2,7 @@
 
 The proxy app owns every long-lived resource through one `cleanup_ctx` entry (`Runtime`): the
 upstream HTTP session, the credential source and store, and the token manager. The admin app
-(`proxy.admin`) reads the same Runtime and the same `Metrics`, so both listeners see one state.
+(`proxy.ops.admin`) reads the same Runtime and the same `Metrics`, so both listeners see one state.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.access_log import RequestObserver, access_middleware
 from proxy.config import Config
-from proxy.credentials import CredentialStore, VaultCredentialSource, create_credential_source
-from proxy.forward import (
+from proxy.http.forward import (
     SKIP_AUTO_HEADERS,
     Forwarder,
     ForwardSettings,
@@ -29,9 +27,15 @@ from proxy.forward import (
     error_middleware,
     local_endpoint_disabled,
 )
-from proxy.metrics import Metrics
-from proxy.tokens import GenesysTokenFetcher, TokenManager
-from proxy.vault_renewal import VaultRenewer
+from proxy.ops.access_log import RequestObserver, access_middleware
+from proxy.ops.metrics import Metrics
+from proxy.tenants.credentials import (
+    CredentialStore,
+    VaultCredentialSource,
+    create_credential_source,
+)
+from proxy.tenants.tokens import GenesysTokenFetcher, TokenManager
+from proxy.vault.renewal import VaultRenewer
 
 log = logging.getLogger("proxy.app")
 

@@ -17,7 +17,7 @@ from proxy import __version__
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
 from proxy.injector.command import add_inject_command
-from proxy.logs import configure_logging
+from proxy.ops.logs import configure_logging
 
 PROG = "genesys-token-proxy"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from proxy.config import parse_config
-from proxy.logs import configure_logging
+from proxy.ops.logs import configure_logging
 from proxy.server import Server, run_until_signalled
 from proxy.simulator import GenesysSimulator
 

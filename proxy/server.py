@@ -17,10 +17,10 @@ from typing import cast
 
 from aiohttp import web
 
-from proxy.admin import create_admin_app
 from proxy.app import RUNTIME, create_app
 from proxy.config import Config
-from proxy.listener import listener_options
+from proxy.http.listener import listener_options
+from proxy.ops.admin import create_admin_app
 
 log = logging.getLogger("proxy.server")
 

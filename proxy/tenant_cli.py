@@ -27,12 +27,12 @@ import aiohttp
 
 from proxy.cli import EXIT_FAILURE, EXIT_OK, PROG, UsageError, resolve_config
 from proxy.config import Config, LogConfig
-from proxy.credentials import parse_record
 from proxy.errors import ConfigError, InvalidTenantCredentials, ProxyError
-from proxy.logs import configure_logging
+from proxy.ops.logs import configure_logging
 from proxy.regions import DOMAINS, REGIONS, resolve_region
-from proxy.tokens import GenesysTokenFetcher
-from proxy.vault import VaultSession
+from proxy.tenants.credentials import parse_record
+from proxy.tenants.tokens import GenesysTokenFetcher
+from proxy.vault.session import VaultSession
 
 MASK = "********"
 LIST_CONCURRENCY = 8

@@ -26,10 +26,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import settings
 
-from proxy.admin import create_admin_app
 from proxy.app import RUNTIME, Runtime, create_app
 from proxy.config import parse_config
-from proxy.listener import listener_options
+from proxy.http.listener import listener_options
+from proxy.ops.admin import create_admin_app
 from proxy.regions import resolve_region
 from proxy.simulator import GenesysSimulator
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.access_log import REDACTED, looks_like_secret, redact_target
 from proxy.config import LogConfig
-from proxy.logs import configure_logging
+from proxy.ops.access_log import REDACTED, looks_like_secret, redact_target
+from proxy.ops.logs import configure_logging
 from tests.conftest import ProxyHarness
 
 

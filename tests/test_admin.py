@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from proxy import cli
-from proxy.admin import create_admin_app, format_duration, mask_client_id, mask_secret
-from proxy.admin_auth import SESSION_COOKIE, is_loopback
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.errors import ConfigError
+from proxy.ops.admin import create_admin_app, format_duration, mask_client_id, mask_secret
+from proxy.ops.admin_auth import SESSION_COOKIE, is_loopback
 from tests.conftest import ProxyHarness, TenantInfo
 
 ADMIN_TOKEN = "fake-admin-token-for-tests-5a7c"
@@ -227,7 +227,7 @@ async def test_rotating_the_token_file_ends_old_tokens_and_sessions(
 async def test_non_loopback_admin_without_a_token_refuses_admin_but_not_metrics(
     harness: ProxyHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="proxy.admin")
+    caplog.set_level(logging.INFO, logger="proxy.ops.admin")
     await with_two_tenants(harness, admin={"host": "0.0.0.0"})
     assert "admin page refused: admin.host 0.0.0.0 is not loopback" in caplog.text
     for path in ("/admin", "/admin/api/tenants"):

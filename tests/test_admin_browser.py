@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proxy.admin import create_admin_app
+from proxy.ops.admin import create_admin_app
 from tests.conftest import ProxyHarness
 
 pytestmark = pytest.mark.browser

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from proxy.errors import TokenUnavailable, VaultUnavailable
-from proxy.tokens import RETRY_AFTER_CAP, TokenManager
+from proxy.tenants.tokens import RETRY_AFTER_CAP, TokenManager
 from tests.conftest import FakeClock
 from tests.test_tokens import FakeCredentials, FakeFetcher, state_of, unavailable, until
 

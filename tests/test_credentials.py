@@ -15,15 +15,6 @@ import pytest
 import yaml
 
 from proxy.config import Config, CredentialsConfig, VaultAuthConfig, VaultConfig
-from proxy.credentials import (
-    CredentialSource,
-    CredentialStore,
-    FileCredentialSource,
-    TenantCredentials,
-    VaultCredentialSource,
-    create_credential_source,
-    parse_record,
-)
 from proxy.errors import (
     ConfigError,
     InvalidTenant,
@@ -32,7 +23,16 @@ from proxy.errors import (
     UnknownTenant,
     VaultUnavailable,
 )
-from proxy.vault import VaultSession
+from proxy.tenants.credentials import (
+    CredentialSource,
+    CredentialStore,
+    FileCredentialSource,
+    TenantCredentials,
+    VaultCredentialSource,
+    create_credential_source,
+    parse_record,
+)
+from proxy.vault.session import VaultSession
 from tests.conftest import FakeClock, OpenBao, find_free_port
 
 SECRET = "fake-" + secrets.token_hex(12)  # made up per run, so a leak check cannot pass by luck
@@ -364,7 +364,7 @@ async def test_expired_record_is_served_stale_while_vault_is_unavailable(
     source.error = VaultUnavailable("Vault at http://127.0.0.1:1 is sealed or unavailable")
     assert await store.get("acme") == ACME
     assert (store.reads, store.stale_served) == (2, 1)
-    [warning] = [r for r in caplog.records if r.name == "proxy.credentials"]
+    [warning] = [r for r in caplog.records if r.name == "proxy.tenants.credentials"]
     assert "past their ttl" in warning.getMessage()
     assert SECRET not in caplog.text
 
@@ -491,7 +491,7 @@ async def test_file_source_keeps_the_last_good_copy(
 
     path.write_text("acme: [unclosed\n", encoding="utf-8")
     clock.now += 1
-    with caplog.at_level(logging.WARNING, logger="proxy.credentials"):
+    with caplog.at_level(logging.WARNING, logger="proxy.tenants.credentials"):
         assert (await source.fetch("acme")).client_id == "acme-id"
         clock.now += 1
         assert (await source.fetch("acme")).client_id == "acme-id"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.forward import FORWARDED_METHODS
+from proxy.http.forward import FORWARDED_METHODS
 from tests.conftest import ProxyHarness, TenantInfo
 from tests.test_hostile import exchange, proxy_records, status_of, still_serves
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from proxy.metrics import DURATION_BUCKETS, DurationHistograms, Metrics
+from proxy.ops.metrics import DURATION_BUCKETS, DurationHistograms, Metrics
 from tests.conftest import FakeClock, ProxyHarness
 from tests.scrape import scrape
 

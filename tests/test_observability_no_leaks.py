@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.logs import JsonFormatter, TextFormatter
+from proxy.ops.logs import JsonFormatter, TextFormatter
 from tests.conftest import ProxyHarness
 
 ADMIN_TOKEN = "fake-admin-token-no-leaks-9d41"

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.simulator import GenesysSimulator
-from proxy.tokens import BACKOFF_BASE
+from proxy.tenants.tokens import BACKOFF_BASE
 from tests.conftest import OpenBao, ProxyHarness, TenantInfo, start_openbao, stop_openbao
 
 REGION = "ap-south-1"

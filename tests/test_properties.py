@@ -20,9 +20,9 @@ from multidict import CIMultiDict
 
 from proxy.config import DEFAULT_TENANT_PATTERN, Config, load_config, parse_config
 from proxy.errors import ConfigError, InvalidTenant
-from proxy.forward import HOP_BY_HOP, Forwarder, ForwardSettings, TenantResolver
+from proxy.http.forward import HOP_BY_HOP, Forwarder, ForwardSettings, TenantResolver
 from proxy.regions import DOMAINS, REGIONS, resolve_region
-from proxy.tokens import Token
+from proxy.tenants.tokens import Token
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Exception)

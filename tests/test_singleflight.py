@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from proxy.singleflight import SingleFlight
+from proxy.tenants.singleflight import SingleFlight
 
 
 class Call:

@@ -1,4 +1,4 @@
-"""Tests of proxy.tokens: the token manager with fakes, the Genesys fetcher against real servers."""
+"""Tests of proxy.tenants.tokens: the token manager with fakes, the fetcher against real servers."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.credentials import TenantCredentials
 from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, UnknownTenant
 from proxy.simulator import GenesysSimulator
-from proxy.tokens import GenesysTokenFetcher, Token, TokenManager, _parse_retry_after
+from proxy.tenants.credentials import TenantCredentials
+from proxy.tenants.tokens import GenesysTokenFetcher, Token, TokenManager, _parse_retry_after
 from tests.conftest import FakeClock
 
 SECRET = "fake-" + secrets.token_hex(12)  # made up per run, so a leak check cannot pass by luck
@@ -330,7 +330,7 @@ async def test_failed_background_refresh_keeps_the_old_token(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="proxy.tokens")
+    caplog.set_level(logging.INFO, logger="proxy.tenants.tokens")
     old = await manager.get("acme")
     clock.advance(240)
     fetcher.errors = [unavailable(), unavailable()]

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.config import VaultAuthConfig, VaultConfig
 from proxy.errors import TenantForbidden, VaultUnavailable
-from proxy.vault import VaultSession
+from proxy.vault.session import VaultSession
 from tests.conftest import FakeClock, OpenBao, create_vault_namespace, find_free_port
 
 SessionFactory = Callable[..., VaultSession]

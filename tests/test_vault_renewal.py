@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from proxy.credentials import VaultCredentialSource
-from proxy.vault import TokenInfo, VaultSession
-from proxy.vault_renewal import (
+from proxy.tenants.credentials import VaultCredentialSource
+from proxy.vault.renewal import (
     IDLE_INTERVAL,
     RENEW_FRACTION,
     VaultRenewer,
     backoff_delay,
     plan_next,
 )
+from proxy.vault.session import TokenInfo, VaultSession
 from tests.conftest import OpenBao, ProxyHarness
 
 # --- The plan, as a pure function. --------------------------------------------------------------

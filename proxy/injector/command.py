@@ -28,7 +28,7 @@ from proxy.injector.sidecar import (
     check_word,
 )
 from proxy.injector.webhook import InjectorSettings, ReloadingCertificate, create_injector_app
-from proxy.logs import configure_logging
+from proxy.ops.logs import configure_logging
 
 log = logging.getLogger("proxy.injector")
 

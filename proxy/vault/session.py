@@ -23,9 +23,9 @@ import requests
 
 from proxy.config import VaultConfig
 from proxy.errors import ProxyError, TenantForbidden, VaultUnavailable
-from proxy.singleflight import SingleFlight
+from proxy.tenants.singleflight import SingleFlight
 
-log = logging.getLogger("proxy.vault")
+log = logging.getLogger("proxy.vault.session")
 
 T = TypeVar("T")
 

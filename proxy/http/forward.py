@@ -35,9 +35,9 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.tokens import Token, TokenManager
+from proxy.tenants.tokens import Token, TokenManager
 
-log = logging.getLogger("proxy.forward")
+log = logging.getLogger("proxy.http.forward")
 
 # RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection that old clients still send.
 HOP_BY_HOP = frozenset(

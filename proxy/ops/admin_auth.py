@@ -29,7 +29,7 @@ from aiohttp import web
 from proxy.config import AdminConfig
 from proxy.errors import ConfigError
 
-log = logging.getLogger("proxy.admin")
+log = logging.getLogger("proxy.ops.admin")
 
 AccessMode = Literal["token", "open", "refused"]
 SESSION_COOKIE = "genesys_proxy_admin"

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from proxy.errors import VaultUnavailable
-from proxy.vault import TokenInfo, VaultSession
+from proxy.vault.session import TokenInfo, VaultSession
 
-log = logging.getLogger("proxy.vault")
+log = logging.getLogger("proxy.vault.session")
 
 # Renew or log in again once this fraction of the token's TTL has passed (Vault Agent's choice):
 # a third of the TTL is left to retry in if Vault is briefly unreachable.

@@ -35,7 +35,7 @@ def _utc_second(second: int) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-11-26T14:55:11Z INFO proxy.tokens message key=value ...`."""
+    """`2026-11-26T14:55:11Z INFO proxy.tenants.tokens message key=value ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
         when = _utc(record)

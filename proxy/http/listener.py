@@ -7,7 +7,7 @@ aiohttp parses requests before the proxy sees them. These are its settings for t
 - `listen.idle_timeout` closes a connection that has not sent a complete request head within
   that many seconds of connecting or of its previous answer: idle keep-alive connections, and
   slowloris-style clients that trickle their headers, byte by byte, to hold connections open
-  (the same timeout bounds each wait for request-body bytes: that is proxy.forward's, as aiohttp
+  (the same timeout bounds each wait for request-body bytes: that is the forwarder's, as aiohttp
   has no body timeout);
 - those 400s are logged as one line, not as aiohttp's "Error handling request" traceback: a
   client's garbage is not the proxy's error, and must not be able to flood the log with stacks.

@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy.metrics import Metrics
+from proxy.ops.metrics import Metrics
 
 access_log = logging.getLogger("proxy.access")
 

@@ -24,10 +24,10 @@ from proxy.errors import (
     VaultUnavailable,
 )
 from proxy.regions import resolve_region
-from proxy.singleflight import SingleFlight
-from proxy.vault import RequestObserver, VaultSession
+from proxy.tenants.singleflight import SingleFlight
+from proxy.vault.session import RequestObserver, VaultSession
 
-log = logging.getLogger("proxy.credentials")
+log = logging.getLogger("proxy.tenants.credentials")
 
 
 @dataclass(frozen=True, slots=True)

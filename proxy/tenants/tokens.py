@@ -26,11 +26,11 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from proxy.credentials import TenantCredentials
 from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, VaultUnavailable
-from proxy.singleflight import SingleFlight
+from proxy.tenants.credentials import TenantCredentials
+from proxy.tenants.singleflight import SingleFlight
 
-log = logging.getLogger("proxy.tokens")
+log = logging.getLogger("proxy.tenants.tokens")
 
 Clock = Callable[[], float]
 TokenStateName = Literal["valid", "refreshing", "expired", "failing"]

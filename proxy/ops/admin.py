@@ -10,7 +10,7 @@
     POST   /admin/api/tenants/{tenant}/refresh
     DELETE /admin/api/tenants/{tenant}
 
-Who may use `/admin*` is decided in `proxy.admin_auth`. Nothing here ever shows a token or a
+Who may use `/admin*` is decided in `proxy.ops.admin_auth`. Nothing here ever shows a token or a
 secret: client ids are masked, secrets reduced to their last 4 characters.
 """
 
@@ -30,13 +30,13 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from proxy import __version__
-from proxy.admin_auth import SESSION_COOKIE, SESSION_SECONDS, AdminAccess
 from proxy.app import CONFIG, METRICS, RUNTIME, Runtime
-from proxy.credentials import VaultCredentialSource
 from proxy.errors import ProxyError, UnknownTenant
-from proxy.forward import TenantResolver, error_response
+from proxy.http.forward import TenantResolver, error_response
+from proxy.ops.admin_auth import SESSION_COOKIE, SESSION_SECONDS, AdminAccess
+from proxy.tenants.credentials import VaultCredentialSource
 
-log = logging.getLogger("proxy.admin")
+log = logging.getLogger("proxy.ops.admin")
 
 PROXY_APP = web.AppKey("proxy_app", web.Application)
 ACCESS = web.AppKey("admin_access", AdminAccess)
@@ -349,7 +349,7 @@ def create_admin_app(proxy_app: web.Application, *, page_refresh: int = 15) -> w
     app[PAGE_REFRESH] = page_refresh
     aiohttp_jinja2.setup(
         app,
-        loader=jinja2.PackageLoader("proxy", "templates"),
+        loader=jinja2.PackageLoader("proxy.ops", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )

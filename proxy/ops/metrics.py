@@ -34,7 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from proxy.tokens import FetchOutcome, TenantTokenState
+from proxy.tenants.tokens import FetchOutcome, TenantTokenState
 
 NO_TENANT = "-"
 # Methods outside this set count as "other": the method label must not be client-controlled.
@@ -215,7 +215,7 @@ class Metrics:
         """Read token expiries from `tokens` at scrape time (None: stop)."""
         self._tokens = tokens
 
-    # -- hooks: the token manager (proxy.tokens.TokenObserver) -----------------------------------
+    # -- hooks: the token manager (proxy.tenants.tokens.TokenObserver) ----------------------------
 
     def cache_lookup(self, *, hit: bool) -> None:
         (self._cache_hit if hit else self._cache_miss).inc()

@@ -1,0 +1,1 @@
+"""The app-facing listener: guards, forwarding, the local token endpoint."""

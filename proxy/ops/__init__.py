@@ -1,0 +1,1 @@
+"""Operating the proxy: admin page, metrics, access log, logging setup."""

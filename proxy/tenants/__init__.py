@@ -1,0 +1,1 @@
+"""Per-tenant state: credential records, tokens, and the policies over them."""

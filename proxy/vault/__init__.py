@@ -1,0 +1,1 @@
+"""Talking to Vault: the session (login, renew, read) and its renewal loop."""
