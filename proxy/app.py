@@ -23,10 +23,9 @@ from proxy.http.forward import (
     Forwarder,
     ForwardSettings,
     TenantResolver,
-    TokenEndpoint,
     error_middleware,
-    local_endpoint_disabled,
 )
+from proxy.http.token_endpoint import TokenEndpoint, local_endpoint_disabled
 from proxy.ops.access_log import RequestObserver, access_middleware
 from proxy.ops.metrics import Metrics
 from proxy.tenants.credentials import (
