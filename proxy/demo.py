@@ -2,6 +2,8 @@
 
 Starts the simulator with two demo organisations in two regions, writes a credentials file for
 them (the file source, so no Vault is needed either), runs the real proxy and prints what to try.
+The credentials file is the only thing it writes: to the temporary directory (`TMPDIR`, `/tmp`...),
+so on a read-only root filesystem it needs a tmpfs there (`docker run --read-only --tmpfs /tmp`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import yaml
 
 from proxy.config import parse_config
 from proxy.ops.logs import configure_logging
-from proxy.server import Server, run_until_signalled
+from proxy.server import Server, StartupError, run_until_signalled
 from proxy.simulator import GenesysSimulator
 
 # The secrets are made up afresh at each start: only this run's simulator accepts them.
@@ -98,8 +100,20 @@ async def _demo(port: int, admin_port: int) -> None:
             await run_until_signalled(server, on_started=announce)
 
 
+def _check_temp_dir() -> None:
+    """Fail before starting anything when no temporary directory is writable (read-only root)."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        raise StartupError(
+            "the demo writes its credentials file to a temporary directory and none is writable"
+            " (set TMPDIR, or on a read-only root filesystem run the container with --tmpfs /tmp)"
+        ) from None
+
+
 def run_demo(port: int, admin_port: int) -> None:
     """Run the demo until Ctrl-C or SIGTERM."""
+    _check_temp_dir()
     configure_logging(parse_config({}).log)
     logging.getLogger("proxy").info("starting the demo")
     asyncio.run(_demo(port, admin_port))

@@ -196,6 +196,74 @@ def test_dockerfile_final_stage_runs_as_the_non_root_user_the_manifests_expect()
         assert f"org.opencontainers.image.{key}=" in labels
 
 
+# Names Debian's base-passwd reserves (3.6.1, bookworm: /usr/share/base-passwd/*.master), plus
+# `gnats` from older releases. Every Debian image, the official Python one included, has them.
+# fmt: off
+DEBIAN_RESERVED_USERS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+    "www-data", "backup", "list", "irc", "gnats", "_apt", "nobody"
+})
+DEBIAN_RESERVED_GROUPS = frozenset({
+    "root", "daemon", "bin", "sys", "adm", "tty", "disk", "lp", "mail", "news", "uucp", "man",
+    "proxy", "kmem", "dialout", "fax", "voice", "cdrom", "floppy", "tape", "sudo", "audio", "dip",
+    "www-data", "backup", "operator", "list", "irc", "src", "gnats", "shadow", "utmp", "video",
+    "sasl", "plugdev", "staff", "games", "users", "nogroup"
+})
+# fmt: on
+
+
+def _debian_reserved(kind: str, built_in: frozenset[str]) -> frozenset[str]:
+    """The list above, and this machine's base-passwd list where there is one."""
+    master = Path("/usr/share/base-passwd") / f"{kind}.master"
+    if not master.exists():
+        return built_in
+    return built_in | {line.split(":")[0] for line in master.read_text().splitlines() if line}
+
+
+def test_dockerfile_user_and_group_are_names_debian_does_not_reserve() -> None:
+    (run,) = [ln for ln in _final_stage() if ln.startswith("RUN ") and "useradd" in ln]
+    commands = {cmd.split()[0]: cmd.split() for cmd in run.removeprefix("RUN ").split("&&")}
+    groupadd, useradd = commands["groupadd"], commands["useradd"]
+    group, user = groupadd[-1], useradd[-1]
+    assert group not in _debian_reserved("group", DEBIAN_RESERVED_GROUPS), group
+    assert user not in _debian_reserved("passwd", DEBIAN_RESERVED_USERS), user
+    assert groupadd[groupadd.index("--gid") + 1] == str(RUN_AS)
+    assert useradd[useradd.index("--uid") + 1] == str(RUN_AS)
+    assert useradd[useradd.index("--gid") + 1] == group
+
+
+def test_dockerfile_needs_no_frontend_image() -> None:
+    # A `# syntax=` directive makes BuildKit pull a frontend from Docker Hub before building.
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert not re.search(r"^#\s*syntax\s*=", text, flags=re.MULTILINE | re.IGNORECASE)
+
+
+def test_dockerfile_leaves_no_pip_or_setuptools_in_the_virtualenv() -> None:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    build = text.split("\nFROM ")[1]
+    runs = re.findall(r"^RUN (.*)$", build, flags=re.MULTILINE)
+    install = runs.index("pip install .")
+    (uninstall,) = [i for i, run in enumerate(runs) if "pip uninstall" in run]
+    assert uninstall > install
+    assert {"pip", "setuptools"} <= set(runs[uninstall].split())
+    assert "--yes" in runs[uninstall].split()
+
+
+def test_image_check_skips_loudly_and_refuses_to_skip_under_ci() -> None:
+    script = ROOT / ".ci" / "image-check"
+    env = {**os.environ, "GENESYS_PROXY_IMAGE_CHECK": "skip", "CI": ""}
+    skipped = subprocess.run([str(script)], capture_output=True, text=True, env=env, check=False)
+    assert skipped.returncode == 0
+    assert "image check SKIPPED: GENESYS_PROXY_IMAGE_CHECK=skip" in skipped.stdout
+    env["CI"] = "true"
+    refused = subprocess.run([str(script)], capture_output=True, text=True, env=env, check=False)
+    assert refused.returncode == 1
+    assert "CI=true requires it" in refused.stderr
+    # .ci/run runs it, before pytest (whose exit status ends the script).
+    ci_run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert ci_run.index(".ci/image-check") < ci_run.index("python -m pytest")
+
+
 # -- the Vault side ---------------------------------------------------------------------------
 
 

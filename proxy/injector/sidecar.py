@@ -35,7 +35,7 @@ CONFIG_FILE = CONFIG_DIR + "/proxy.yaml"
 ADMIN_DIR = "/var/run/secrets/genesys-token-proxy/admin"
 VAULT_TOKEN_DIR = "/var/run/secrets/genesys-token-proxy/vault"  # noqa: S105 (a path)
 ROLE_ENV = "GENESYS_PROXY_VAULT_ROLE"
-RUN_AS = 10001  # the image's `proxy` user
+RUN_AS = 10001  # the image's `genesys-token-proxy` user
 # The projected service-account token is only good for Vault (its audience), and short-lived.
 VAULT_AUDIENCE = "vault"
 VAULT_TOKEN_SECONDS = 3600
