@@ -57,6 +57,7 @@ UPSTREAM_RETRIES = "genesys_proxy_upstream_retries_total"
 VAULT_REQUESTS = "genesys_proxy_vault_requests_total"
 INFLIGHT = "genesys_proxy_inflight_requests"
 RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
+VAULT_UP = "genesys_proxy_vault_up"
 
 
 class TokenStates(Protocol):
@@ -194,6 +195,12 @@ class Metrics:
             ["operation", "outcome"],
             registry=registry,
         )
+        # Set from the Vault session's findings (proxy.ops.health.Readiness), never by asking.
+        self.vault_up = Gauge(
+            VAULT_UP,
+            "1 while Vault answers the proxy, 0 while it is unavailable or not reached yet.",
+            registry=registry,
+        )
         self._inflight = 0
         self.inflight = Gauge(
             INFLIGHT, "Requests being handled on the proxy listener.", registry=registry
@@ -233,6 +240,9 @@ class Metrics:
         if child is None:
             child = self._vault_children[key] = self.vault_requests.labels(*key)
         child.inc()
+
+    def vault_state(self, up: bool) -> None:
+        self.vault_up.set(1 if up else 0)
 
     # -- hooks: requests and their upstream answers ----------------------------------------------
 
