@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -63,12 +63,22 @@ class HealthObserver(Protocol):
 
 
 class _Attempt:
-    """Whether a call's hvac request left the queue for a worker (set from that worker)."""
+    """One timed call: its deadline, and whether its hvac request left the queue for a worker.
 
-    __slots__ = ("reached_vault",)
+    `reached_vault` is set from the worker thread; the others are read there.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("abandoned", "deadline", "probe", "reached_vault")
+
+    def __init__(self, deadline: float, *, probe: bool) -> None:
+        self.deadline = deadline  # on time.monotonic, the clock the workers can read
+        self.probe = probe
+        self.abandoned = False
         self.reached_vault = False
+
+
+class _NotSent(Exception):
+    """A queued request whose caller gave up, or that Vault went down under: never sent."""
 
 
 # The attempt of the call running in this context; logins run in a single-flight task, which
@@ -144,6 +154,9 @@ class VaultSession:
         self._last_error: str | None = None
         # None until the first answer or failure; False makes calls fail fast while probing.
         self._available: bool | None = None
+        # Set by a worker whose request failed in transport, so the next queued request is not
+        # sent before the event loop has even heard of the failure; cleared by any answer.
+        self._worker_saw_failure = False
         self._worked = False
         self._probe_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -154,6 +167,8 @@ class VaultSession:
         self.renewals = 0
         self.failures = 0
         self.probes = 0
+        # Calls waiting on Vault (or on a worker) right now, for the admin page and tests.
+        self.calls_in_flight = 0
 
     def __repr__(self) -> str:
         return f"VaultSession(address={self.address!r}, method={self.method!r})"
@@ -347,12 +362,14 @@ class VaultSession:
         """
         if self._available is False and not self._closed:
             self._start_probing()
-            reason = self._last_error or "it did not answer"
-            raise VaultUnavailable(
-                f"Vault at {self.address} is unavailable ({reason}); checking again every "
-                f"{self._probe_interval:g} s"
-            )
+            raise self._fail_fast()
         return await self._timed(self._call, operation, fn)
+
+    def _fail_fast(self) -> VaultUnavailable:
+        reason = self._last_error or f"Vault at {self.address} did not answer"
+        return VaultUnavailable(
+            f"{reason}; Vault is checked again every {self._probe_interval:g} s"
+        )
 
     async def close(self) -> None:
         """Stop logins and probes in progress, wait for hvac calls still running, close the pool."""
@@ -367,20 +384,22 @@ class VaultSession:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._client.adapter.close()
 
-    async def _timed(self, run: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _timed(self, run: Callable[..., Awaitable[T]], *args: Any, probe: bool = False) -> T:
         """Await `run(*args)` for at most vault.timeout; a hung Vault counts as down.
 
         A call that timed out while queued for a worker (a burst of cold tenants) says so and
         leaves Vault's state alone: Vault itself may be fine.
         """
-        attempt = _Attempt()
+        attempt = _Attempt(time.monotonic() + self._timeout, probe=probe)
         reset = _ATTEMPT.set(attempt)
+        self.calls_in_flight += 1
         try:
             async with asyncio.timeout(self._timeout) as deadline:
                 return await run(*args)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
+            attempt.abandoned = True  # still queued: a worker that picks it up drops it
             if attempt.reached_vault:
                 message = f"Vault at {self.address} did not answer within {self._timeout:g} s"
                 self._unavailable(message)
@@ -391,12 +410,13 @@ class VaultSession:
                 )
             raise VaultUnavailable(message) from exc
         finally:
+            self.calls_in_flight -= 1
             _ATTEMPT.reset(reset)
 
     async def _probe(self) -> bool:
         self.probes += 1
         try:
-            await self._timed(self._call, "lookup", self._client.auth.token.lookup_self)
+            await self._timed(self._call, "lookup", self._client.auth.token.lookup_self, probe=True)
         except ProxyError:
             return False  # recorded as unavailable where it was found
         except hvac.exceptions.VaultError as exc:
@@ -430,6 +450,7 @@ class VaultSession:
         """Vault answered a request; a read or lookup that succeeded means the source works."""
         if operation is None:
             return  # not a Vault request (the token file's check)
+        self._worker_saw_failure = False
         if self._available is not True:
             if self._available is False:
                 log.info("Vault at %s answers again", self.address)
@@ -607,20 +628,11 @@ class VaultSession:
         """Run `fn` in the pool; translate transport and server failures into VaultUnavailable."""
         if self._closed:
             raise VaultUnavailable("the Vault session is closed")
-        attempt = _ATTEMPT.get()
-        started = False
-
-        def in_worker() -> T:
-            nonlocal started
-            started = True
-            if attempt is not None:
-                attempt.reached_vault = True
-            return fn()
-
+        send = _Send(self, fn, _ATTEMPT.get())
         loop = asyncio.get_running_loop()
         outcome = "error"
         try:
-            result = await loop.run_in_executor(self._executor, in_worker)
+            result = await loop.run_in_executor(self._executor, send)
         except hvac.exceptions.Forbidden:
             outcome = "forbidden"
             self._answered(operation, outcome)
@@ -629,6 +641,8 @@ class VaultSession:
             outcome = "not_found"
             self._answered(operation, outcome)
             raise
+        except _NotSent:
+            raise self._fail_fast() from None
         except VaultUnavailable as exc:  # raised by a login that cannot get a token
             self._unavailable(exc.message)
             raise
@@ -649,12 +663,47 @@ class VaultSession:
             return result
         finally:
             # A request still queued when its caller gave up never reached Vault: not counted.
-            if operation is not None and self._on_request is not None and started:
+            if operation is not None and self._on_request is not None and send.sent:
                 self._on_request(operation, outcome)
+
+    def _may_send(self, attempt: _Attempt | None) -> bool:
+        """Checked in the worker, just before a request goes out (see `_Send`)."""
+        if attempt is None:
+            return True
+        # Waiting for a worker took the caller's time, or Vault went down meanwhile: sending
+        # now would only add to what a hung Vault has to get through.
+        if attempt.abandoned or time.monotonic() >= attempt.deadline:
+            return False
+        return attempt.probe or not (self._available is False or self._worker_saw_failure)
 
     def _unavailable_error(self, message: str) -> VaultUnavailable:
         self._unavailable(message)
         return VaultUnavailable(message)
+
+
+class _Send(Generic[T]):
+    """One hvac call as a worker runs it: sent only if still wanted, failures noted at once."""
+
+    __slots__ = ("attempt", "fn", "sent", "session")
+
+    def __init__(self, session: VaultSession, fn: Callable[[], T], attempt: _Attempt | None):
+        self.session = session
+        self.fn = fn
+        self.attempt = attempt
+        self.sent = False
+
+    def __call__(self) -> T:
+        if not self.session._may_send(self.attempt):
+            raise _NotSent
+        if self.attempt is not None:
+            self.attempt.reached_vault = True
+        self.sent = True
+        try:
+            return self.fn()
+        except (requests.RequestException, hvac.exceptions.VaultDown):
+            # The next queued request must not go out before the event loop has heard of this.
+            self.session._worker_saw_failure = True
+            raise
 
 
 def _read_credential_file(path: Path, key: str) -> str:
