@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -292,8 +293,12 @@ class VaultSession:
         def renew_self() -> dict[str, Any] | str:
             try:
                 response: dict[str, Any] = self._client.auth.token.renew_self()
-            except hvac.exceptions.InvalidRequest as exc:
-                return _vault_message(exc)  # "lease is not renewable", past max TTL, ...
+            except (hvac.exceptions.Forbidden, hvac.exceptions.VaultDown):
+                raise
+            except hvac.exceptions.VaultError as exc:
+                # Vault answered, and will not renew: "lease is not renewable" (400), "past the
+                # max TTL, cannot renew" (OpenBao answers that one 500). Vault is up; log in.
+                return _vault_message(exc)
             return response
 
         try:
@@ -717,6 +722,17 @@ def _read_credential_file(path: Path, key: str) -> str:
 
 
 def _vault_message(exc: hvac.exceptions.VaultError) -> str:
-    """Vault's own error text (never a secret: Vault does not echo request bodies)."""
-    errors = [str(error) for error in exc.errors or [] if error]
-    return "; ".join(errors) or type(exc).__name__
+    """Vault's own error text on one line (never a secret: Vault does not echo request bodies).
+
+    Vault wraps some errors as "1 error occurred:\n\t* past the max TTL, cannot renew\n\n";
+    without any text, the kind of answer in words ("internal server error"), not a class name.
+    """
+    text = "; ".join(str(error) for error in exc.errors or [] if error)
+    text = _ERRORS_OCCURRED.sub("", _BULLET.sub("", text))
+    text = " ".join(text.split()).strip("; ")
+    return text or _CAMEL_CASE.sub(" ", type(exc).__name__).lower()
+
+
+_BULLET = re.compile(r"(?m)^\s*\* ")
+_ERRORS_OCCURRED = re.compile(r"\d+ errors? occurred:\s*")
+_CAMEL_CASE = re.compile(r"(?<=[a-z])(?=[A-Z])")
