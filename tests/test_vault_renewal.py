@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from proxy.tenants.credentials import VaultCredentialSource
+from proxy.vault.login import TokenInfo
 from proxy.vault.renewal import (
     IDLE_INTERVAL,
     RENEW_FRACTION,
@@ -23,7 +24,7 @@ from proxy.vault.renewal import (
     backoff_delay,
     plan_next,
 )
-from proxy.vault.session import TokenInfo, VaultSession
+from proxy.vault.session import VaultSession
 from tests.conftest import OpenBao, ProxyHarness
 
 # --- The plan, as a pure function. --------------------------------------------------------------

@@ -22,13 +22,9 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import re
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import hvac
@@ -38,6 +34,7 @@ import requests
 from proxy.config import VaultConfig
 from proxy.errors import ProxyError, TenantForbidden, VaultUnavailable
 from proxy.tenants.singleflight import SingleFlight
+from proxy.vault.login import TokenInfo, VaultLogin, vault_message
 
 log = logging.getLogger("proxy.vault.session")
 
@@ -89,28 +86,6 @@ _ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
 )
 
 
-@dataclass(frozen=True)
-class TokenInfo:
-    """What Vault said about the session's token when it was obtained or renewed.
-
-    The renewal loop plans with it: renew before `ttl` runs out while `renewable`, else log in.
-    """
-
-    ttl: float  # seconds left when obtained; 0 means it never expires (a root token)
-    renewable: bool
-    obtained_at: float  # on the session's clock
-    # Lets an operator find the token in Vault (`token lookup -accessor`); not a credential
-    # on its own, but kept out of reprs all the same.
-    accessor: str | None = field(default=None, repr=False)
-    # The TTL the token was issued with; a renewal granting less means Vault's max TTL caps it.
-    issued_ttl: float = 0.0
-
-    @property
-    def expires_at(self) -> float | None:
-        """When the token expires on the session's clock; None if it never does."""
-        return self.obtained_at + self.ttl if self.ttl > 0 else None
-
-
 class VaultSession:
     """A logged-in hvac client, used off the event loop; see the module docstring."""
 
@@ -144,12 +119,8 @@ class VaultSession:
         )
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vault")
         self._flight: SingleFlight[str, Any] = SingleFlight("vault")
-        self._token_lock = threading.Lock()
-        self._token_file_seen: tuple[int, int, int] | None = None
-        self._token_file_problem: str | None = None
-        # Bumped whenever the client's token changes, so a caller can tell whether the token a
-        # request was denied with is still the current one.
-        self._generation = 0
+        # Its generation tells whether the token a request was denied with is still current.
+        self._credentials = VaultLogin(config.auth, self._client, clock)
         self._logged_in = False
         self._token_info: TokenInfo | None = None
         self._last_error: str | None = None
@@ -288,7 +259,7 @@ class VaultSession:
         reached, or not renewable) is marked not renewable. Only an unreachable Vault raises.
         """
         started = self._clock()
-        generation = self._generation
+        generation = self._credentials.generation
 
         def renew_self() -> dict[str, Any] | str:
             try:
@@ -298,14 +269,14 @@ class VaultSession:
             except hvac.exceptions.VaultError as exc:
                 # Vault answered, and will not renew: "lease is not renewable" (400), "past the
                 # max TTL, cannot renew" (OpenBao answers that one 500). Vault is up; log in.
-                return _vault_message(exc)
+                return vault_message(exc)
             return response
 
         try:
             response = await self._timed(self._run, "renew", renew_self)
         except hvac.exceptions.Forbidden:
             self.failures += 1
-            if generation == self._generation:
+            if generation == self._credentials.generation:
                 log.info("Vault rejected renewing the session's token; logging in again")
                 self._logged_in = False
                 self._changed.set()
@@ -314,7 +285,7 @@ class VaultSession:
             self.failures += 1
             raise
         previous = self._token_info
-        if generation != self._generation or previous is None:
+        if generation != self._credentials.generation or previous is None:
             return  # a login replaced the token meanwhile: its own TTL counts
         if isinstance(response, str):
             self.failures += 1
@@ -426,7 +397,7 @@ class VaultSession:
             return False  # recorded as unavailable where it was found
         except hvac.exceptions.VaultError as exc:
             # Vault answers, but denies the token's own lookup even after a login.
-            self._last_error = f"Vault denies the token's own lookup: {_vault_message(exc)}"
+            self._last_error = f"Vault denies the token's own lookup: {vault_message(exc)}"
             return False
         return True
 
@@ -480,17 +451,17 @@ class VaultSession:
     async def _call(self, operation: str, fn: Callable[[], T]) -> T:
         """Run `fn` with a valid token, logging in again once if Vault rejected the token."""
         if self._auth.method == "token" and self._auth.token_file is not None:
-            await self._run(None, self._sync_token_file)
+            await self._run(None, self._credentials.sync_token_file)
         # Not the timed login(): the caller's own deadline (and attempt) covers it.
         if not self._logged_in:
             await self._flight.do("login", self._login)
-        generation = self._generation
+        generation = self._credentials.generation
         try:
             return await self._run(operation, fn)
         except hvac.exceptions.Forbidden:
-            if generation == self._generation and not await self._token_rejected():
+            if generation == self._credentials.generation and not await self._token_rejected():
                 raise  # the token is fine: its policy denies this request
-        if generation == self._generation:
+        if generation == self._credentials.generation:
             log.info("Vault rejected the session's token (expired or revoked); logging in again")
             self._logged_in = False
             self._changed.set()
@@ -506,12 +477,11 @@ class VaultSession:
 
     async def _login(self) -> None:
         try:
-            info = await self._run("login", self._login_sync)
+            info = await self._run("login", self._credentials.login)
         except VaultUnavailable as exc:
             self._login_failed(exc.message)
             raise
-        with self._token_lock:
-            self._generation += 1
+        self._credentials.token_changed()
         self._token_info = info
         self._logged_in = True
         self._changed.set()
@@ -536,98 +506,6 @@ class VaultSession:
         self._logged_in = self.holds_usable_token
         self._changed.set()
         self._last_error = message
-
-    def _login_sync(self) -> TokenInfo:
-        """Log in from a worker; a refusal is VaultUnavailable: nothing can be read without it."""
-        try:
-            return self._login_by_method()
-        except (
-            hvac.exceptions.Forbidden,
-            hvac.exceptions.Unauthorized,
-            hvac.exceptions.InvalidRequest,
-            hvac.exceptions.InvalidPath,
-        ) as exc:
-            if self._auth.method == "token":
-                message = "Vault rejects the configured token (expired or revoked?)"
-            else:
-                message = f"Vault refuses the {self.method} login"
-            raise VaultUnavailable(f"{message}: {_vault_message(exc)}") from exc
-
-    def _login_by_method(self) -> TokenInfo:
-        """hvac's login methods set the client's token themselves."""
-        auth = self._auth
-        if auth.method == "token":
-            if auth.token_file is not None:
-                with self._token_lock:
-                    self._token_file_seen = None
-                self._sync_token_file(strict=True)
-            elif auth.token:
-                self._client.token = auth.token
-            else:
-                raise VaultUnavailable(
-                    "no Vault token: set vault.auth.token, VAULT_TOKEN or vault.auth.token_file"
-                )
-            data = self._client.auth.token.lookup_self().get("data") or {}
-            ttl, renewable = data.get("ttl"), data.get("renewable")
-            issued_ttl = data.get("creation_ttl") or ttl
-            if issued_ttl and not ttl:
-                # Under a second left (Vault truncates): not a token that never expires.
-                ttl = 0.001
-        else:
-            if auth.method == "kubernetes":
-                jwt = _read_credential_file(auth.jwt_file, "vault.auth.jwt_file")
-                response = self._client.auth.kubernetes.login(
-                    auth.role, jwt, mount_point=auth.mount or "kubernetes"
-                )
-            else:
-                assert auth.secret_id_file is not None  # the config loader insists on it
-                secret_id = _read_credential_file(auth.secret_id_file, "vault.auth.secret_id_file")
-                response = self._client.auth.approle.login(
-                    auth.role_id, secret_id, mount_point=auth.mount or "approle"
-                )
-            data = response.get("auth") or {}
-            ttl, renewable = data.get("lease_duration"), data.get("renewable")
-            issued_ttl = ttl
-        return TokenInfo(
-            ttl=float(ttl or 0),
-            renewable=bool(renewable),
-            obtained_at=self._clock(),
-            accessor=data.get("accessor"),
-            issued_ttl=float(issued_ttl or 0),
-        )
-
-    def _sync_token_file(self, *, strict: bool = False) -> None:
-        """Use the token file's token if the file changed (a Vault Agent sink rewrites it)."""
-        path = self._auth.token_file
-        assert path is not None
-        with self._token_lock:
-            try:
-                stat = path.stat()
-                seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-                if seen == self._token_file_seen:
-                    return
-                token = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                problem: str | None = f"cannot read vault.auth.token_file {path}: {exc.strerror}"
-                seen = None
-            else:
-                problem = f"vault.auth.token_file {path} is empty" if not token else None
-            if problem is not None:
-                if strict:
-                    raise VaultUnavailable(problem)
-                # Warn once per problem, not on every request while the file is missing.
-                if problem != self._token_file_problem:
-                    log.warning("%s; keeping the current token", problem)
-                self._token_file_problem = problem
-                self._token_file_seen = seen
-                return
-            self._token_file_problem = None
-            self._token_file_seen = seen
-            if token != self._client.token:
-                if self._client.token:
-                    log.info("Vault token file %s changed; using its new token", path)
-                self._client.token = token
-                self._generation += 1
 
     async def _run(self, operation: str | None, fn: Callable[[], T]) -> T:
         """Run `fn` in the pool; translate transport and server failures into VaultUnavailable."""
@@ -660,7 +538,7 @@ class VaultSession:
             message = f"Vault at {self.address} is sealed or unavailable"
             raise self._unavailable_error(message) from exc
         except hvac.exceptions.VaultError as exc:
-            message = f"Vault at {self.address} failed: {_vault_message(exc)}"
+            message = f"Vault at {self.address} failed: {vault_message(exc)}"
             raise self._unavailable_error(message) from exc
         else:
             outcome = "success"
@@ -709,30 +587,3 @@ class _Send(Generic[T]):
             # The next queued request must not go out before the event loop has heard of this.
             self.session._worker_saw_failure = True
             raise
-
-
-def _read_credential_file(path: Path, key: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise VaultUnavailable(f"cannot read {key} {path}: {exc.strerror}") from exc
-    if not value:
-        raise VaultUnavailable(f"{key} {path} is empty")
-    return value
-
-
-def _vault_message(exc: hvac.exceptions.VaultError) -> str:
-    """Vault's own error text on one line (never a secret: Vault does not echo request bodies).
-
-    Vault wraps some errors as "1 error occurred:\n\t* past the max TTL, cannot renew\n\n";
-    without any text, the kind of answer in words ("internal server error"), not a class name.
-    """
-    text = "; ".join(str(error) for error in exc.errors or [] if error)
-    text = _ERRORS_OCCURRED.sub("", _BULLET.sub("", text))
-    text = " ".join(text.split()).strip("; ")
-    return text or _CAMEL_CASE.sub(" ", type(exc).__name__).lower()
-
-
-_BULLET = re.compile(r"(?m)^\s*\* ")
-_ERRORS_OCCURRED = re.compile(r"\d+ errors? occurred:\s*")
-_CAMEL_CASE = re.compile(r"(?<=[a-z])(?=[A-Z])")
