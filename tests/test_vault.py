@@ -125,6 +125,13 @@ async def test_unreachable_vault_starts_not_ready_and_reads_fail_fast(
     assert caught.value.retry_after is not None
     assert address in caught.value.message
     assert requests == [("login", "error")]
+    # The renewal loop's login attempts fail fast too, and the answer does not pile up.
+    with pytest.raises(VaultUnavailable):
+        await session.login()
+    with pytest.raises(VaultUnavailable) as again:
+        await session.read("genesys/tenants/acme")
+    assert again.value.message.count("checked again") == 1
+    assert requests == [("login", "error")]
 
 
 async def test_token_file_replaced_by_a_new_token_is_picked_up(

@@ -126,6 +126,8 @@ class VaultSession:
         self._last_error: str | None = None
         # None until the first answer or failure; False makes calls fail fast while probing.
         self._available: bool | None = None
+        # What made it unavailable, for the fail-fast answers (last_error also holds logins').
+        self._down_reason = ""
         # Set by a worker whose request failed in transport, so the next queued request is not
         # sent before the event loop has even heard of the failure; cleared by any answer.
         self._worker_saw_failure = False
@@ -342,7 +344,7 @@ class VaultSession:
         return await self._timed(self._call, operation, fn)
 
     def _fail_fast(self) -> VaultUnavailable:
-        reason = self._last_error or f"Vault at {self.address} did not answer"
+        reason = self._down_reason or f"Vault at {self.address} did not answer"
         return VaultUnavailable(
             f"{reason}; Vault is checked again every {self._probe_interval:g} s"
         )
@@ -440,7 +442,7 @@ class VaultSession:
 
     def _unavailable(self, message: str) -> None:
         """Vault could not be used: fail calls fast and probe until it answers again."""
-        self._last_error = message
+        self._last_error = self._down_reason = message
         if self._available is not False:
             log.warning("Vault unavailable: %s; probing every %g s", message, self._probe_interval)
             self._available = False
