@@ -176,6 +176,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         registry if registry is not None else CollectorRegistry(),
         tenant_label=config.metrics.tenant_label,
         max_tenants=config.tenant.max_tenants,
+        uses_vault=config.credentials.source == "vault",
     )
     app = web.Application(
         # The access middleware is outermost: it sees the proxy's own error answers too.

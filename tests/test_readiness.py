@@ -99,8 +99,9 @@ async def test_readyz_with_the_file_source_is_ready_once_the_file_loaded(
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(yaml.safe_dump({}))
     await harness.start({"credentials": {"source": "file", "file": str(tenants)}})
-    # No Vault in play: nothing to report about it.
+    # No Vault in play: nothing to report about it, and no gauge to page anyone about.
     assert await readyz(harness) == (200, {"status": "ready"})
+    assert "genesys_proxy_vault_up" not in await (await harness.admin.get("/metrics")).text()
 
 
 async def test_readyz_is_draining_as_soon_as_shutdown_begins(

@@ -159,6 +159,7 @@ class Metrics:
         *,
         tenant_label: bool = True,
         max_tenants: int = 10_000,
+        uses_vault: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -196,11 +197,14 @@ class Metrics:
             registry=registry,
         )
         # Set from the Vault session's findings (proxy.ops.health.Readiness), never by asking.
-        self.vault_up = Gauge(
-            VAULT_UP,
-            "1 while Vault answers the proxy, 0 while it is unavailable or not reached yet.",
-            registry=registry,
-        )
+        # Absent with the file source: a 0 there would page someone about a Vault nobody uses.
+        self.vault_up: Gauge | None = None
+        if uses_vault:
+            self.vault_up = Gauge(
+                VAULT_UP,
+                "1 while Vault answers the proxy, 0 while it is unavailable or not reached yet.",
+                registry=registry,
+            )
         self._inflight = 0
         self.inflight = Gauge(
             INFLIGHT, "Requests being handled on the proxy listener.", registry=registry
@@ -242,7 +246,8 @@ class Metrics:
         child.inc()
 
     def vault_state(self, up: bool) -> None:
-        self.vault_up.set(1 if up else 0)
+        if self.vault_up is not None:
+            self.vault_up.set(1 if up else 0)
 
     # -- hooks: requests and their upstream answers ----------------------------------------------
 
