@@ -27,6 +27,7 @@ from proxy.http.forward import (
 )
 from proxy.http.token_endpoint import TokenEndpoint, local_endpoint_disabled
 from proxy.ops.access_log import RequestObserver, access_middleware
+from proxy.ops.health import Readiness
 from proxy.ops.metrics import Metrics
 from proxy.tenants.credentials import (
     CredentialStore,
@@ -60,6 +61,8 @@ class Runtime:
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
+# Made before resources open, so /readyz answers "starting" while they do.
+READINESS = web.AppKey("readiness", Readiness)
 RUNTIME = web.AppKey("runtime", Runtime)
 
 
@@ -71,7 +74,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | bool:
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the session, credential source and token manager; close them in reverse."""
-    config, metrics = app[CONFIG], app[METRICS]
+    config, metrics, readiness = app[CONFIG], app[METRICS], app[READINESS]
     connector = aiohttp.TCPConnector(
         ssl=_ssl_context(config),
         limit=0,  # the app's own concurrency is the limit; a pool cap would only queue
@@ -90,9 +93,13 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=SKIP_AUTO_HEADERS,
     )
-    source = create_credential_source(config, on_vault_request=metrics.vault_request)
+    source = create_credential_source(
+        config, on_vault_request=metrics.vault_request, health=readiness
+    )
     try:
         await source.start()
+        if config.credentials.source == "file":
+            readiness.source_worked()  # start() raised if the file did not load
         store = CredentialStore(
             source,
             ttl=config.credentials.ttl,
@@ -131,6 +138,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
         finally:
             runtime.draining = True
+            readiness.start_draining()
             metrics.track_tokens(None)
             await tokens.close()
             await store.close()
@@ -168,6 +176,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         registry if registry is not None else CollectorRegistry(),
         tenant_label=config.metrics.tenant_label,
         max_tenants=config.tenant.max_tenants,
+        uses_vault=config.credentials.source == "vault",
     )
     app = web.Application(
         # The access middleware is outermost: it sees the proxy's own error answers too.
@@ -176,6 +185,9 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[READINESS] = Readiness(
+        uses_vault=config.credentials.source == "vault", on_vault_up=metrics.vault_state
+    )
     app.cleanup_ctx.append(_runtime_ctx)
     app.cleanup_ctx.append(_vault_renewal_ctx)  # after the runtime: stops before it closes
     local = config.local_token_endpoint

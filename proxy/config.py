@@ -91,6 +91,8 @@ class VaultConfig:
     kv_mount: str = "secret"
     kv_version: Literal[1, 2] = 2
     path: str = "genesys/tenants/{tenant}"
+    # Seconds a Vault call made for a request may take in all, queueing for a worker included.
+    timeout: float = 5.0
     auth: VaultAuthConfig = VaultAuthConfig()
 
 
@@ -202,6 +204,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             kv_mount=vault_data.string("kv_mount", VaultConfig.kv_mount).strip("/"),
             kv_version=cast(Literal[1, 2], vault_data.choice("kv_version", (1, 2), 2)),
             path=vault_data.template("path", VaultConfig.path, "tenant"),
+            timeout=vault_data.number("timeout", VaultConfig.timeout, low=0.001),
             auth=VaultAuthConfig(
                 method=auth.choice("method", ("token", "kubernetes", "approle"), "token"),
                 token=auth.optional_string("token"),

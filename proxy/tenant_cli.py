@@ -32,7 +32,7 @@ from proxy.ops.logs import configure_logging
 from proxy.regions import DOMAINS, REGIONS, resolve_region
 from proxy.tenants.credentials import parse_record
 from proxy.tenants.tokens import GenesysTokenFetcher
-from proxy.vault.session import VaultSession
+from proxy.vault.admin_ops import VaultAdmin
 
 MASK = "********"
 LIST_CONCURRENCY = 8
@@ -323,21 +323,8 @@ class TenantCommand:
     def _print(self, data: Mapping[str, Any], text: str) -> None:
         print(json.dumps(data, indent=2) if self._as_json else text)
 
-    def _session(self) -> _OpenSession:
-        return _OpenSession(VaultSession(self._config.vault))
-
-
-class _OpenSession:
-    """`async with`: a VaultSession that is closed however the block ends."""
-
-    def __init__(self, session: VaultSession) -> None:
-        self._session = session
-
-    async def __aenter__(self) -> VaultSession:
-        return self._session
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._session.close()
+    def _session(self) -> VaultAdmin:
+        return VaultAdmin(self._config.vault)
 
 
 def _tenant_of(key: str, partial: str, after: str) -> str | None:

@@ -146,3 +146,22 @@ def admission_review(
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     }
+
+
+def check_proxy_probes(container: dict[str, Any], admin_port: int) -> None:
+    """The proxy container's probes as docs/pending/12-readiness.md explains them.
+
+    Startup and readiness on /readyz (starting until Vault has worked once, then ready through
+    Vault outages); liveness on /healthz only, so a Vault outage never restarts the proxy.
+    """
+    startup, readiness = container["startupProbe"], container["readinessProbe"]
+    liveness = container["livenessProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": admin_port}
+    assert readiness["httpGet"] == {"path": "/readyz", "port": admin_port}
+    assert liveness["httpGet"] == {"path": "/healthz", "port": admin_port}
+    # Startup waits at least a minute for Vault, asking about once a second.
+    assert startup["periodSeconds"] <= 2
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    # /readyz answers from state: no probe needs room for a Vault call (vault.timeout).
+    for probe in (startup, readiness, liveness):
+        assert 1 <= probe["timeoutSeconds"] <= 5

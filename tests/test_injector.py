@@ -39,6 +39,7 @@ from tests.injector_support import (
     EXAMPLE_INJECTED,
     TlsFiles,
     admission_review,
+    check_proxy_probes,
     make_tls_files,
     pod_from_deployment,
 )
@@ -123,9 +124,7 @@ async def test_injected_example_pod_validates_and_runs_the_proxy_as_a_native_sid
     sidecar = sidecar_of(patched)
     assert sidecar["restartPolicy"] == "Always"  # a native sidecar
     assert sidecar["image"] == IMAGE
-    assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
-    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
+    check_proxy_probes(sidecar, 9090)
     assert {"name": "GENESYS_PROXY_VAULT_ROLE", "value": "example-app"} in sidecar["env"]
     security = sidecar["securityContext"]
     assert security["runAsNonRoot"] is True
@@ -194,6 +193,7 @@ async def test_plain_container_mode_for_clusters_before_1_29(injector: Injector)
     sidecar = patched["spec"]["containers"][-1]
     assert sidecar["name"] == CONTAINER_NAME
     assert "restartPolicy" not in sidecar
+    check_proxy_probes(sidecar, 9090)  # the same probes (startup holds back only itself here)
     assert patched["spec"]["containers"][0]["name"] == "app"  # kubectl's default stays the app
     # 1.27 does not know native sidecars, and the plain container still validates there.
     validate_strictly(patched, "1.27.0", NEWEST)

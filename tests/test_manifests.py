@@ -13,10 +13,17 @@ import hvac
 import hvac.exceptions
 import kubernetes_validate
 import pytest
+import yaml
 
 from proxy.injector.sidecar import RUN_AS
 from tests.conftest import OpenBao, _bao_binary
-from tests.injector_support import K8S, ROOT, load_documents, make_tls_files
+from tests.injector_support import (
+    K8S,
+    ROOT,
+    check_proxy_probes,
+    load_documents,
+    make_tls_files,
+)
 from tests.test_lifecycle import command, run_cli
 from tests.test_vault_policies import tenant_policy
 
@@ -116,6 +123,20 @@ def test_injector_defaults_match_the_example_namespace() -> None:
     assert config_map["metadata"]["namespace"] == "genesys-demo"
     namespace = find("Namespace", "genesys-demo")
     assert namespace["metadata"]["labels"]["genesys-token-proxy.io/injection"] == "enabled"
+
+
+def test_example_sidecar_probes_hold_the_app_until_vault_works_and_survive_outages() -> None:
+    deployment = find("Deployment", "example-app")
+    pod = deployment["spec"]["template"]["spec"]
+    (sidecar,) = [c for c in pod["initContainers"] if c["name"] == "genesys-token-proxy"]
+    config = yaml.safe_load(find("ConfigMap", "genesys-token-proxy")["data"]["proxy.yaml"])
+    # A native sidecar: its startup probe holds back the app containers until it has passed.
+    assert sidecar["restartPolicy"] == "Always"
+    check_proxy_probes(sidecar, config["admin"]["port"])
+    # The app's own containers have no probe that depends on the proxy's Vault.
+    for container in pod["containers"]:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container.get(probe, {}).get("httpGet", {}).get("path") != "/readyz"
 
 
 def _example_config(tmp_path: Path) -> Path:

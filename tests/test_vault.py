@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ import pytest
 from proxy.config import VaultAuthConfig, VaultConfig
 from proxy.errors import TenantForbidden, VaultUnavailable
 from proxy.vault.session import VaultSession
-from tests.conftest import FakeClock, OpenBao, create_vault_namespace, find_free_port
+from tests.conftest import OpenBao, create_vault_namespace, find_free_port
 
 SessionFactory = Callable[..., VaultSession]
 
@@ -98,27 +99,39 @@ async def test_policy_denied_read_is_tenant_forbidden(
     assert await session.read(allowed) == {"client_id": "a"}
     with pytest.raises(TenantForbidden, match=f"secret/genesys/tenants/{tenant_prefix}-denied"):
         await session.read(f"genesys/tenants/{tenant_prefix}-denied")
-    # A denial is the policy's doing: the session's token is still good.
+    # A denial is the policy's doing: the session's token is still good, Vault is up.
     assert session.authenticated
-    assert await session.ready()
+    assert session.available
 
 
-async def test_unreachable_vault_starts_not_ready_and_reads_are_unavailable(
+async def test_unreachable_vault_starts_not_ready_and_reads_fail_fast(
     make_session: SessionFactory,
 ) -> None:
     address = f"http://127.0.0.1:{find_free_port()}"
     config = VaultConfig(address=address, auth=VaultAuthConfig(token="any"))
-    session = make_session(config)
+    requests: list[tuple[str, str]] = []
+    session = make_session(config, on_request=lambda *request: requests.append(request))
     await session.start()  # must not raise: the proxy starts and reports not ready
     assert not session.authenticated
-    assert not await session.ready()
+    assert not session.available
+    assert not session.worked
     assert session.last_error is not None
     assert address in session.last_error
+    assert requests == [("login", "error")]
+    # Vault is known to be down: the read is answered at once, without asking it again.
     with pytest.raises(VaultUnavailable) as caught:
         await session.read("genesys/tenants/acme")
     assert caught.value.status == 503
     assert caught.value.retry_after is not None
-    assert caught.value.__cause__ is not None
+    assert address in caught.value.message
+    assert requests == [("login", "error")]
+    # The renewal loop's login attempts fail fast too, and the answer does not pile up.
+    with pytest.raises(VaultUnavailable):
+        await session.login()
+    with pytest.raises(VaultUnavailable) as again:
+        await session.read("genesys/tenants/acme")
+    assert again.value.message.count("checked again") == 1
+    assert requests == [("login", "error")]
 
 
 async def test_token_file_replaced_by_a_new_token_is_picked_up(
@@ -179,15 +192,16 @@ async def test_revoked_literal_token_makes_vault_unavailable_and_not_ready(
     path = f"genesys/tenants/{tenant_prefix}"
     openbao.put_secret(path, {"n": "1"})
     token = create_token(openbao, tenant_prefix, read_policy(f"secret/data/{path}"))
-    session = make_session(token_config(openbao, token=token), health_interval=0)
+    session = make_session(token_config(openbao, token=token))
     await session.start()
-    assert await session.ready()
+    assert session.available
 
     openbao.client().auth.token.revoke(token)
     # Nothing in the config can produce a new token: that is an outage, not a tenant's denial.
     with pytest.raises(VaultUnavailable, match="rejects the configured token"):
         await session.read(path)
-    assert not await session.ready()
+    assert not session.available
+    assert not await session.probe()
 
 
 async def test_missing_token_file_is_not_ready_until_it_appears(
@@ -197,15 +211,16 @@ async def test_missing_token_file_is_not_ready_until_it_appears(
     config = VaultConfig(
         address=openbao.address, auth=VaultAuthConfig(method="token", token_file=token_file)
     )
-    session = make_session(config, health_interval=0)
+    session = make_session(config)
     await session.start()
-    assert not await session.ready()
+    assert not session.available
     assert session.last_error is not None
     assert "vault.auth.token_file" in session.last_error
 
     token_file.parent.mkdir()
     token_file.write_text(openbao.root_token)
-    assert await session.ready()
+    assert await session.probe()
+    assert session.available
 
 
 async def test_approle_login_and_login_again_after_the_token_is_revoked(
@@ -261,7 +276,7 @@ async def test_approle_with_a_wrong_secret_id_is_not_ready(
     )
     session = make_session(config)
     await session.start()
-    assert not await session.ready()
+    assert not session.available
     assert session.last_error is not None
     assert "refuses the approle login" in session.last_error
     assert "not-the-secret-id" not in session.last_error
@@ -276,24 +291,57 @@ async def test_namespace_is_honoured(
     assert await session.read("genesys/tenants/acme") == {"n": "ns"}
 
 
-async def test_readiness_is_checked_at_most_every_interval(
-    openbao: OpenBao, make_session: SessionFactory
+async def test_a_down_vault_is_probed_one_at_a_time_at_most_once_a_second(
+    openbao: OpenBao, tmp_path: Path, make_session: SessionFactory
 ) -> None:
-    clock = FakeClock()
-    requests: list[tuple[str, str]] = []
-    session = make_session(
-        token_config(openbao),
-        clock=clock,
-        health_interval=5,
-        on_request=lambda *request: requests.append(request),
+    # Vault "down" here is a token file that is missing: fast to fail, easy to fix.
+    token_file = tmp_path / "token"
+    config = VaultConfig(
+        address=openbao.address, auth=VaultAuthConfig(method="token", token_file=token_file)
     )
+    waits: list[float] = []
+    asleep, resume = asyncio.Event(), asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        asleep.set()
+        await resume.wait()
+        resume.clear()
+
+    async def next_wait() -> None:
+        """Let the probe loop run until it waits again."""
+        resume.set()
+        await asleep.wait()
+        asleep.clear()
+
+    session = make_session(config, sleep=sleep)
     await session.start()
-    requests.clear()
-    assert all([await session.ready() for _ in range(10)])
-    assert requests == [("lookup", "success")]
-    clock.now += 5
-    assert await session.ready()
-    assert len(requests) == 2
+    assert not session.available
+    assert session.probes == 1
+    # Requests while down fail at once and start no probe of their own.
+    for _ in range(20):
+        with pytest.raises(VaultUnavailable):
+            await session.read("genesys/tenants/acme")
+    await asleep.wait()
+    asleep.clear()
+    assert waits == [1.0]
+    assert session.probes == 1
+
+    for probes in (2, 3, 4):
+        await next_wait()
+        assert session.probes == probes  # one probe per interval waited, never two at once
+        assert not session.available
+    assert waits == [1.0] * 4
+    token_file.write_text(openbao.root_token)
+    await next_wait()
+    assert session.probes == 5
+    assert session.available
+    assert session.worked
+    # Back: reads go to Vault again, and the loop has ended.
+    assert await session.read("genesys/tenants/nobody-here") is None
+    resume.set()
+    await asyncio.sleep(0)
+    assert session.probes == 5
 
 
 async def test_closed_session_is_not_ready_and_does_not_read(
@@ -302,7 +350,7 @@ async def test_closed_session_is_not_ready_and_does_not_read(
     session = make_session(token_config(openbao))
     await session.start()
     await session.close()
-    assert not await session.ready()
+    assert not session.available
     with pytest.raises(VaultUnavailable, match="closed"):
         await session.read("genesys/tenants/acme")
 

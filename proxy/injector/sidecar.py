@@ -147,9 +147,15 @@ def sidecar_container(options: SidecarOptions) -> dict[str, Any]:
         container["restartPolicy"] = "Always"
     container.update(
         {
-            # For a native sidecar the startup probe also holds back the app containers until the
-            # proxy can reach Vault, so the app's first request does not fail.
-            "startupProbe": _probe("/readyz", port, period=1, failures=120),
+            # /readyz answers from state (proxy.ops.health): 503 "starting" until Vault has
+            # worked once, then 200 through later Vault outages, 503 "draining" after SIGTERM.
+            # Startup: for a native sidecar it also holds back the app containers until the
+            # proxy has worked with Vault, so the app's first request does not fail; after
+            # STARTUP_SECONDS the kubelet restarts the proxy and tries again.
+            # Readiness: safe on /readyz, a Vault blip no longer takes the pod out of service.
+            # Liveness: /healthz only: a Vault outage must never restart the proxy (and drop
+            # the cached tenants that keep working through it).
+            "startupProbe": _probe("/readyz", port, period=1, failures=STARTUP_SECONDS),
             "readinessProbe": _probe("/readyz", port, period=10, failures=3),
             "livenessProbe": _probe("/healthz", port, period=10, failures=3),
             "resources": options.resources.to_json(),
@@ -170,6 +176,10 @@ def sidecar_container(options: SidecarOptions) -> dict[str, Any]:
         }
     )
     return container
+
+
+# How long the startup probe waits for Vault (probed once a second) before a restart.
+STARTUP_SECONDS = 120
 
 
 def _probe(path: str, port: int, *, period: int, failures: int) -> dict[str, Any]:

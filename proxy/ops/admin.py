@@ -30,7 +30,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from proxy import __version__
-from proxy.app import CONFIG, METRICS, RUNTIME, Runtime
+from proxy.app import CONFIG, METRICS, READINESS, RUNTIME, Runtime
 from proxy.errors import ProxyError, UnknownTenant
 from proxy.http.forward import TenantResolver, error_response
 from proxy.ops.admin_auth import SESSION_COOKIE, SESSION_SECONDS, AdminAccess
@@ -155,16 +155,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the credential source is usable and the proxy is not draining."""
-    runtime = request.app[PROXY_APP].get(RUNTIME)
-    if runtime is None:
-        return web.json_response({"status": "starting"}, status=503)
-    if runtime.draining:
-        return web.json_response({"status": "draining"}, status=503)
-    if not await runtime.credentials.ready():
-        source = runtime.config.credentials.source
-        return web.json_response({"status": f"{source} unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
+    """Readiness from state (`proxy.ops.health`): never waits on Vault, survives its outages."""
+    status, body = request.app[PROXY_APP][READINESS].answer()
+    return web.json_response(body, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -57,6 +57,7 @@ UPSTREAM_RETRIES = "genesys_proxy_upstream_retries_total"
 VAULT_REQUESTS = "genesys_proxy_vault_requests_total"
 INFLIGHT = "genesys_proxy_inflight_requests"
 RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
+VAULT_UP = "genesys_proxy_vault_up"
 
 
 class TokenStates(Protocol):
@@ -158,6 +159,7 @@ class Metrics:
         *,
         tenant_label: bool = True,
         max_tenants: int = 10_000,
+        uses_vault: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -194,6 +196,15 @@ class Metrics:
             ["operation", "outcome"],
             registry=registry,
         )
+        # Set from the Vault session's findings (proxy.ops.health.Readiness), never by asking.
+        # Absent with the file source: a 0 there would page someone about a Vault nobody uses.
+        self.vault_up: Gauge | None = None
+        if uses_vault:
+            self.vault_up = Gauge(
+                VAULT_UP,
+                "1 while Vault answers the proxy, 0 while it is unavailable or not reached yet.",
+                registry=registry,
+            )
         self._inflight = 0
         self.inflight = Gauge(
             INFLIGHT, "Requests being handled on the proxy listener.", registry=registry
@@ -233,6 +244,10 @@ class Metrics:
         if child is None:
             child = self._vault_children[key] = self.vault_requests.labels(*key)
         child.inc()
+
+    def vault_state(self, up: bool) -> None:
+        if self.vault_up is not None:
+            self.vault_up.set(1 if up else 0)
 
     # -- hooks: requests and their upstream answers ----------------------------------------------
 

@@ -25,7 +25,7 @@ from proxy.errors import (
 )
 from proxy.regions import resolve_region
 from proxy.tenants.singleflight import SingleFlight
-from proxy.vault.session import RequestObserver, VaultSession
+from proxy.vault.session import HealthObserver, RequestObserver, VaultSession
 
 log = logging.getLogger("proxy.tenants.credentials")
 
@@ -407,12 +407,15 @@ class CredentialStore:
 
 
 def create_credential_source(
-    config: Config, *, on_vault_request: RequestObserver | None = None
+    config: Config,
+    *,
+    on_vault_request: RequestObserver | None = None,
+    health: HealthObserver | None = None,
 ) -> CredentialSource:
     """The source `credentials.source` names, built from the config."""
     if config.credentials.source == "file":
         if config.credentials.file is None:
             raise ConfigError("credentials.file", "is required when credentials.source is 'file'")
         return FileCredentialSource(config.credentials.file)
-    session = VaultSession(config.vault, on_request=on_vault_request)
+    session = VaultSession(config.vault, on_request=on_vault_request, health=health)
     return VaultCredentialSource(session, config.vault.path)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from proxy.errors import VaultUnavailable
-from proxy.vault.session import TokenInfo, VaultSession
+from proxy.vault.login import TokenInfo
+from proxy.vault.session import VaultSession
 
 log = logging.getLogger("proxy.vault.session")
 

@@ -1,21 +1,31 @@
-"""The proxy's Vault session: log in, read tenants' KV secrets, report readiness.
+"""The proxy's Vault session: log in, renew, read tenants' KV secrets, know whether Vault is up.
 
 hvac is blocking, so every call runs in a small thread pool of the session's own, and its
-exceptions are translated here: nothing above this module sees an hvac or requests exception.
+exceptions are translated here: nothing above this package sees an hvac or requests exception.
+
+A Vault that hangs must not become a queue (DESIGN.md, "Behaviour"):
+
+    call ── Vault known down? ── yes ──▶ VaultUnavailable at once (a probe is already running)
+      │ no
+      ▼
+    wait at most vault.timeout in all (queueing for a worker, login, retry included)
+      ├─ answered ──────────────────▶ result; Vault is up
+      └─ failed or hung in Vault ───▶ VaultUnavailable; Vault is down: one probe at a time,
+                                      at most one a second, until one succeeds
+
+The CLI's write/list/delete live in `proxy.vault.admin_ops`, over `VaultSession.call`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -24,6 +34,7 @@ import requests
 from proxy.config import VaultConfig
 from proxy.errors import ProxyError, TenantForbidden, VaultUnavailable
 from proxy.tenants.singleflight import SingleFlight
+from proxy.vault.login import TokenInfo, VaultLogin, vault_message
 
 log = logging.getLogger("proxy.vault.session")
 
@@ -34,31 +45,45 @@ T = TypeVar("T")
 # Outcomes: success, not_found, forbidden, error.
 RequestObserver = Callable[[str, str], None]
 
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_HEALTH_INTERVAL = 5.0
 DEFAULT_WORKERS = 8
+# While Vault is down, how often (at most) one probe checks whether it is back.
+PROBE_INTERVAL = 1.0
 
 
-@dataclass(frozen=True)
-class TokenInfo:
-    """What Vault said about the session's token when it was obtained or renewed.
+class HealthObserver(Protocol):
+    """Told what the session learns about Vault; `proxy.ops.health.Readiness` is one."""
 
-    The renewal loop plans with it: renew before `ttl` runs out while `renewable`, else log in.
+    def source_worked(self) -> None:
+        """A login and a read or lookup succeeded (the first time matters)."""
+
+    def vault_up(self, up: bool) -> None:
+        """Vault answered (True) or was found unavailable (False); called on every change."""
+
+
+class _Attempt:
+    """One timed call: its deadline, and whether its hvac request left the queue for a worker.
+
+    `reached_vault` is set from the worker thread; the others are read there.
     """
 
-    ttl: float  # seconds left when obtained; 0 means it never expires (a root token)
-    renewable: bool
-    obtained_at: float  # on the session's clock
-    # Lets an operator find the token in Vault (`token lookup -accessor`); not a credential
-    # on its own, but kept out of reprs all the same.
-    accessor: str | None = field(default=None, repr=False)
-    # The TTL the token was issued with; a renewal granting less means Vault's max TTL caps it.
-    issued_ttl: float = 0.0
+    __slots__ = ("abandoned", "deadline", "probe", "reached_vault")
 
-    @property
-    def expires_at(self) -> float | None:
-        """When the token expires on the session's clock; None if it never does."""
-        return self.obtained_at + self.ttl if self.ttl > 0 else None
+    def __init__(self, deadline: float, *, probe: bool) -> None:
+        self.deadline = deadline  # on time.monotonic, the clock the workers can read
+        self.probe = probe
+        self.abandoned = False
+        self.reached_vault = False
+
+
+class _NotSent(Exception):
+    """A queued request whose caller gave up, or that Vault went down under: never sent."""
+
+
+# The attempt of the call running in this context; logins run in a single-flight task, which
+# copies the context, so a login that hangs marks the call that started it too.
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "vault_attempt", default=None
+)
 
 
 class VaultSession:
@@ -68,18 +93,21 @@ class VaultSession:
         self,
         config: VaultConfig,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        health_interval: float = DEFAULT_HEALTH_INTERVAL,
         max_workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.monotonic,
         on_request: RequestObserver | None = None,
+        health: HealthObserver | None = None,
+        probe_interval: float = PROBE_INTERVAL,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._config = config
         self._auth = config.auth
-        self._timeout = timeout
-        self._health_interval = health_interval
+        self._timeout = config.timeout
         self._clock = clock
         self._on_request = on_request
+        self._health = health
+        self._probe_interval = probe_interval
+        self._sleep = sleep
         # token="" and an explicit verify stop hvac from reading VAULT_TOKEN, ~/.vault-token and
         # VAULT_CACERT itself: the config loader already applied the environment.
         self._client = hvac.Client(
@@ -87,21 +115,24 @@ class VaultSession:
             token="",
             namespace=config.namespace,
             verify=str(config.ca_cert) if config.ca_cert else True,
-            timeout=timeout,
+            timeout=config.timeout,
         )
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vault")
         self._flight: SingleFlight[str, Any] = SingleFlight("vault")
-        self._token_lock = threading.Lock()
-        self._token_file_seen: tuple[int, int, int] | None = None
-        self._token_file_problem: str | None = None
-        # Bumped whenever the client's token changes, so a caller can tell whether the token a
-        # request was denied with is still the current one.
-        self._generation = 0
+        # Its generation tells whether the token a request was denied with is still current.
+        self._credentials = VaultLogin(config.auth, self._client, clock)
         self._logged_in = False
         self._token_info: TokenInfo | None = None
         self._last_error: str | None = None
-        self._ready = False
-        self._ready_checked_at: float | None = None
+        # None until the first answer or failure; False makes calls fail fast while probing.
+        self._available: bool | None = None
+        # What made it unavailable, for the fail-fast answers (last_error also holds logins').
+        self._down_reason = ""
+        # Set by a worker whose request failed in transport, so the next queued request is not
+        # sent before the event loop has even heard of the failure; cleared by any answer.
+        self._worker_saw_failure = False
+        self._worked = False
+        self._probe_task: asyncio.Task[None] | None = None
         self._closed = False
         # Set when the login state or the token changes, so the renewal loop replans at once.
         self._changed = asyncio.Event()
@@ -109,6 +140,9 @@ class VaultSession:
         self.logins = 0
         self.renewals = 0
         self.failures = 0
+        self.probes = 0
+        # Calls waiting on Vault (or on a worker) right now, for the admin page and tests.
+        self.calls_in_flight = 0
 
     def __repr__(self) -> str:
         return f"VaultSession(address={self.address!r}, method={self.method!r})"
@@ -136,6 +170,11 @@ class VaultSession:
         return self._clock
 
     @property
+    def client(self) -> hvac.Client:
+        """The hvac client, for `proxy.vault.admin_ops`; call it only through `call`."""
+        return self._client
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -155,8 +194,18 @@ class VaultSession:
 
     @property
     def last_error(self) -> str | None:
-        """The most recent login or readiness failure, for the admin page and logs."""
+        """The most recent login or availability failure, for the admin page and logs."""
         return self._last_error
+
+    @property
+    def available(self) -> bool:
+        """Whether Vault answered the last time it was asked (state only: never asks it)."""
+        return self._available is True and not self._closed
+
+    @property
+    def worked(self) -> bool:
+        """Whether a login and a read or lookup have succeeded since the session started."""
+        return self._worked
 
     async def wait_for_change(self, seconds: float) -> bool:
         """Wait until a login, a renewal or a rejected token changes the session, or `seconds`."""
@@ -169,14 +218,13 @@ class VaultSession:
         return True
 
     async def start(self) -> None:
-        """Log in; a Vault that is down is remembered, not raised: the proxy starts not ready."""
-        # The failure is already logged and kept in last_error; reads and ready() retry the login.
-        with contextlib.suppress(VaultUnavailable):
-            await self.login()
+        """Log in and look the token up; a Vault that is down is noted and probed, not raised."""
+        # The failure is logged and kept in last_error; the probe loop takes over from here.
+        await self.probe()
 
     async def login(self) -> None:
         """Obtain a token by the configured method (re-reading token files); one login at a time."""
-        await self._flight.do("login", self._login)
+        await self._timed(self._flight.do, "login", self._login)
 
     async def read(self, path: str) -> dict[str, Any] | None:
         """Return the KV secret at `path` under the configured mount, or None if there is none."""
@@ -194,7 +242,7 @@ class VaultSession:
                 return kv.v1.read_secret(path=path, mount_point=mount)
 
         try:
-            response = await self._call("read", fetch)
+            response = await self.call("read", fetch)
         except hvac.exceptions.InvalidPath:
             return None
         except hvac.exceptions.Forbidden as exc:
@@ -206,50 +254,6 @@ class VaultSession:
             data = data.get("data")
         return data if isinstance(data, dict) else None
 
-    async def write(self, path: str, data: Mapping[str, str]) -> None:
-        """Create or replace the KV secret at `path` (all of its fields)."""
-        kv, mount, secret = self._client.secrets.kv, self._config.kv_mount, dict(data)
-        if self._config.kv_version == 2:
-
-            def put() -> Any:
-                return kv.v2.create_or_update_secret(path=path, secret=secret, mount_point=mount)
-        else:
-
-            def put() -> Any:
-                return kv.v1.create_or_update_secret(path=path, secret=secret, mount_point=mount)
-
-        await self._kv_call("write", put, path, "writing")
-
-    async def list_keys(self, path: str) -> list[str]:
-        """The keys directly under `path` (folders end in `/`); empty if there are none."""
-        kv, mount = self._client.secrets.kv, self._config.kv_mount
-        version = kv.v2 if self._config.kv_version == 2 else kv.v1
-
-        def keys() -> Any:
-            return version.list_secrets(path=path, mount_point=mount)
-
-        try:
-            response = await self._kv_call("list", keys, path, "listing")
-        except hvac.exceptions.InvalidPath:
-            return []
-        data = response.get("data") if isinstance(response, dict) else None
-        found = data.get("keys") if isinstance(data, dict) else None
-        return [str(key) for key in found] if isinstance(found, list) else []
-
-    async def delete(self, path: str) -> None:
-        """Remove the KV secret at `path`; for KV v2 every version and its metadata."""
-        kv, mount = self._client.secrets.kv, self._config.kv_mount
-        if self._config.kv_version == 2:
-
-            def remove() -> Any:
-                return kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount)
-        else:
-
-            def remove() -> Any:
-                return kv.v1.delete_secret(path=path, mount_point=mount)
-
-        await self._kv_call("delete", remove, path, "deleting")
-
     async def renew(self) -> None:
         """Renew the token (`renew-self`); when Vault will not, note it so a login replaces it.
 
@@ -257,20 +261,24 @@ class VaultSession:
         reached, or not renewable) is marked not renewable. Only an unreachable Vault raises.
         """
         started = self._clock()
-        generation = self._generation
+        generation = self._credentials.generation
 
         def renew_self() -> dict[str, Any] | str:
             try:
                 response: dict[str, Any] = self._client.auth.token.renew_self()
-            except hvac.exceptions.InvalidRequest as exc:
-                return _vault_message(exc)  # "lease is not renewable", past max TTL, ...
+            except (hvac.exceptions.Forbidden, hvac.exceptions.VaultDown):
+                raise
+            except hvac.exceptions.VaultError as exc:
+                # Vault answered, and will not renew: "lease is not renewable" (400), "past the
+                # max TTL, cannot renew" (OpenBao answers that one 500). Vault is up; log in.
+                return vault_message(exc)
             return response
 
         try:
-            response = await self._run("renew", renew_self)
+            response = await self._timed(self._run, "renew", renew_self)
         except hvac.exceptions.Forbidden:
             self.failures += 1
-            if generation == self._generation:
+            if generation == self._credentials.generation:
                 log.info("Vault rejected renewing the session's token; logging in again")
                 self._logged_in = False
                 self._changed.set()
@@ -279,7 +287,7 @@ class VaultSession:
             self.failures += 1
             raise
         previous = self._token_info
-        if generation != self._generation or previous is None:
+        if generation != self._credentials.generation or previous is None:
             return  # a login replaced the token meanwhile: its own TTL counts
         if isinstance(response, str):
             self.failures += 1
@@ -309,56 +317,158 @@ class VaultSession:
         log.debug("Renewed the Vault token (ttl %.0f s, max TTL reached: %s)", ttl, capped)
 
     async def ready(self) -> bool:
-        """Whether Vault answers, is unsealed and accepts the token; checked every few seconds."""
+        """Whether Vault is available, from state; kept for callers of the source protocol."""
+        return self.available
+
+    async def probe(self) -> bool:
+        """Check now that Vault answers, is unsealed and accepts the token (logging in if needed).
+
+        One probe runs at a time; concurrent callers share its outcome.
+        """
         if self._closed:
             return False
-        checked_at = self._ready_checked_at
-        recent = checked_at is not None and self._clock() - checked_at < self._health_interval
-        # A token known to have run out is not worth a cached "ready": check (and log in) now.
-        if recent and (self.holds_usable_token or not self._ready):
-            return self._ready
-        ready: bool = await self._flight.do("ready", self._check_ready)
-        return ready
+        ok: bool = await self._flight.do("probe", self._probe)
+        return ok
+
+    async def call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run `fn` (an hvac call) with a valid token, within `vault.timeout` in all.
+
+        While Vault is known to be down this fails at once: the probe loop is checking. hvac's
+        Forbidden (after a login again, if the token was the problem) and InvalidPath reach the
+        caller, which knows what they mean for its operation; every other failure is already a
+        VaultUnavailable.
+        """
+        if self._available is False and not self._closed:
+            self._start_probing()
+            raise self._fail_fast()
+        return await self._timed(self._call, operation, fn)
+
+    def _fail_fast(self) -> VaultUnavailable:
+        reason = self._down_reason or f"Vault at {self.address} did not answer"
+        return VaultUnavailable(
+            f"{reason}; Vault is checked again every {self._probe_interval:g} s"
+        )
 
     async def close(self) -> None:
-        """Stop logins and checks in progress, wait for hvac calls still running, close the pool."""
+        """Stop logins and probes in progress, wait for hvac calls still running, close the pool."""
         self._closed = True
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
         await self._flight.close()
         # A call already in a worker cannot be interrupted; it ends within the request timeout,
         # and waiting keeps it from outliving the event loop.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._client.adapter.close()
 
-    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Run `fn` with a valid token, logging in again once if Vault rejected the token.
+    async def _timed(self, run: Callable[..., Awaitable[T]], *args: Any, probe: bool = False) -> T:
+        """Await `run(*args)` for at most vault.timeout; a hung Vault counts as down.
 
-        hvac's Forbidden (after that retry) and InvalidPath reach the caller, which knows what
-        they mean for its operation; every other failure is already a VaultUnavailable.
+        A call that timed out while queued for a worker (a burst of cold tenants) says so and
+        leaves Vault's state alone: Vault itself may be fine.
         """
+        attempt = _Attempt(time.monotonic() + self._timeout, probe=probe)
+        reset = _ATTEMPT.set(attempt)
+        self.calls_in_flight += 1
+        try:
+            async with asyncio.timeout(self._timeout) as deadline:
+                return await run(*args)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            attempt.abandoned = True  # still queued: a worker that picks it up drops it
+            if attempt.reached_vault:
+                message = f"Vault at {self.address} did not answer within {self._timeout:g} s"
+                self._unavailable(message)
+            else:
+                message = (
+                    f"Vault requests to {self.address} queued longer than vault.timeout "
+                    f"({self._timeout:g} s)"
+                )
+            raise VaultUnavailable(message) from exc
+        finally:
+            self.calls_in_flight -= 1
+            _ATTEMPT.reset(reset)
+
+    async def _probe(self) -> bool:
+        self.probes += 1
+        try:
+            await self._timed(self._call, "lookup", self._client.auth.token.lookup_self, probe=True)
+        except ProxyError:
+            return False  # recorded as unavailable where it was found
+        except hvac.exceptions.VaultError as exc:
+            # Vault answers, but denies the token's own lookup even after a login.
+            self._last_error = f"Vault denies the token's own lookup: {vault_message(exc)}"
+            return False
+        return True
+
+    def _start_probing(self) -> None:
+        if self._closed or (self._probe_task is not None and not self._probe_task.done()):
+            return
+        self._probe_task = asyncio.create_task(self._probe_until_up(), name="vault-probe")
+
+    async def _probe_until_up(self) -> None:
+        """One probe at a time, at most one per probe interval, until Vault answers and works.
+
+        A login alone (the renewal loop's, say) ends the outage but not the wait for a first
+        read or lookup: readiness needs one, and no request may come to make it.
+        """
+        # Waiting first: the call that found Vault down has just asked it.
+        while not self._closed:
+            await self._sleep(self._probe_interval)
+            if (self._available and self._worked) or self._closed:
+                return
+            try:
+                await self.probe()
+            except Exception:  # a bug must not end the loop: requests would fail fast forever
+                log.exception("probing Vault failed unexpectedly")
+
+    def _answered(self, operation: str | None, outcome: str) -> None:
+        """Vault answered a request; a read or lookup that succeeded means the source works."""
+        if operation is None:
+            return  # not a Vault request (the token file's check)
+        self._worker_saw_failure = False
+        if self._available is not True:
+            if self._available is False:
+                log.info("Vault at %s answers again", self.address)
+            self._available = True
+            if self._health is not None:
+                self._health.vault_up(True)
+        if not self._worked and operation in ("read", "lookup") and outcome != "forbidden":
+            self._worked = True
+            if self._health is not None:
+                self._health.source_worked()
+
+    def _unavailable(self, message: str) -> None:
+        """Vault could not be used: fail calls fast and probe until it answers again."""
+        self._last_error = self._down_reason = message
+        if self._available is not False:
+            log.warning("Vault unavailable: %s; probing every %g s", message, self._probe_interval)
+            self._available = False
+            if self._health is not None:
+                self._health.vault_up(False)
+        self._start_probing()
+
+    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run `fn` with a valid token, logging in again once if Vault rejected the token."""
         if self._auth.method == "token" and self._auth.token_file is not None:
-            await self._run(None, self._sync_token_file)
+            await self._run(None, self._credentials.sync_token_file)
+        # Not the timed login(): the caller's own deadline (and attempt) covers it.
         if not self._logged_in:
-            await self.login()
-        generation = self._generation
+            await self._flight.do("login", self._login)
+        generation = self._credentials.generation
         try:
             return await self._run(operation, fn)
         except hvac.exceptions.Forbidden:
-            if generation == self._generation and not await self._token_rejected():
+            if generation == self._credentials.generation and not await self._token_rejected():
                 raise  # the token is fine: its policy denies this request
-        if generation == self._generation:
+        if generation == self._credentials.generation:
             log.info("Vault rejected the session's token (expired or revoked); logging in again")
             self._logged_in = False
             self._changed.set()
-            await self.login()
+            await self._flight.do("login", self._login)
         return await self._run(operation, fn)
-
-    async def _kv_call(self, operation: str, fn: Callable[[], T], path: str, doing: str) -> T:
-        try:
-            return await self._call(operation, fn)
-        except hvac.exceptions.Forbidden as exc:
-            raise TenantForbidden(
-                f"Vault denies {doing} {self._config.kv_mount}/{path}; check the token's policy"
-            ) from exc
 
     async def _token_rejected(self) -> bool:
         try:
@@ -369,23 +479,25 @@ class VaultSession:
 
     async def _login(self) -> None:
         try:
-            info = await self._run("login", self._login_sync)
+            info = await self._run("login", self._credentials.login)
         except VaultUnavailable as exc:
             self._login_failed(exc.message)
             raise
-        with self._token_lock:
-            self._generation += 1
+        self._credentials.token_changed()
         self._token_info = info
         self._logged_in = True
         self._changed.set()
         self._last_error = None
-        self.logins += 1
-        # A "not ready" from before this login must not linger until the next check is due.
-        self._ready_checked_at = None
         ttl = f"{info.ttl:.0f} s" if info.ttl else "none"
         log.info(
             "Logged in to Vault at %s with %s auth (token ttl %s)", self.address, self.method, ttl
         )
+        if not self._worked:
+            # Readiness needs a login and a read or lookup: do the lookup now rather than wait
+            # for a request or the next probe. Its failure is recorded where it is found.
+            with contextlib.suppress(ProxyError, hvac.exceptions.VaultError):
+                await self._run("lookup", self._client.auth.token.lookup_self)
+        self.logins += 1
 
     def _login_failed(self, message: str) -> None:
         self.failures += 1
@@ -396,159 +508,84 @@ class VaultSession:
         self._logged_in = self.holds_usable_token
         self._changed.set()
         self._last_error = message
-        # Readiness must not keep reporting a success from before the failure.
-        self._ready_checked_at = None
-
-    def _login_sync(self) -> TokenInfo:
-        """Log in from a worker; a refusal is VaultUnavailable: nothing can be read without it."""
-        try:
-            return self._login_by_method()
-        except (
-            hvac.exceptions.Forbidden,
-            hvac.exceptions.Unauthorized,
-            hvac.exceptions.InvalidRequest,
-            hvac.exceptions.InvalidPath,
-        ) as exc:
-            if self._auth.method == "token":
-                message = "Vault rejects the configured token (expired or revoked?)"
-            else:
-                message = f"Vault refuses the {self.method} login"
-            raise VaultUnavailable(f"{message}: {_vault_message(exc)}") from exc
-
-    def _login_by_method(self) -> TokenInfo:
-        """hvac's login methods set the client's token themselves."""
-        auth = self._auth
-        if auth.method == "token":
-            if auth.token_file is not None:
-                with self._token_lock:
-                    self._token_file_seen = None
-                self._sync_token_file(strict=True)
-            elif auth.token:
-                self._client.token = auth.token
-            else:
-                raise VaultUnavailable(
-                    "no Vault token: set vault.auth.token, VAULT_TOKEN or vault.auth.token_file"
-                )
-            data = self._client.auth.token.lookup_self().get("data") or {}
-            ttl, renewable = data.get("ttl"), data.get("renewable")
-            issued_ttl = data.get("creation_ttl") or ttl
-            if issued_ttl and not ttl:
-                # Under a second left (Vault truncates): not a token that never expires.
-                ttl = 0.001
-        else:
-            if auth.method == "kubernetes":
-                jwt = _read_credential_file(auth.jwt_file, "vault.auth.jwt_file")
-                response = self._client.auth.kubernetes.login(
-                    auth.role, jwt, mount_point=auth.mount or "kubernetes"
-                )
-            else:
-                assert auth.secret_id_file is not None  # the config loader insists on it
-                secret_id = _read_credential_file(auth.secret_id_file, "vault.auth.secret_id_file")
-                response = self._client.auth.approle.login(
-                    auth.role_id, secret_id, mount_point=auth.mount or "approle"
-                )
-            data = response.get("auth") or {}
-            ttl, renewable = data.get("lease_duration"), data.get("renewable")
-            issued_ttl = ttl
-        return TokenInfo(
-            ttl=float(ttl or 0),
-            renewable=bool(renewable),
-            obtained_at=self._clock(),
-            accessor=data.get("accessor"),
-            issued_ttl=float(issued_ttl or 0),
-        )
-
-    def _sync_token_file(self, *, strict: bool = False) -> None:
-        """Use the token file's token if the file changed (a Vault Agent sink rewrites it)."""
-        path = self._auth.token_file
-        assert path is not None
-        with self._token_lock:
-            try:
-                stat = path.stat()
-                seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-                if seen == self._token_file_seen:
-                    return
-                token = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                problem: str | None = f"cannot read vault.auth.token_file {path}: {exc.strerror}"
-                seen = None
-            else:
-                problem = f"vault.auth.token_file {path} is empty" if not token else None
-            if problem is not None:
-                if strict:
-                    raise VaultUnavailable(problem)
-                # Warn once per problem, not on every request while the file is missing.
-                if problem != self._token_file_problem:
-                    log.warning("%s; keeping the current token", problem)
-                self._token_file_problem = problem
-                self._token_file_seen = seen
-                return
-            self._token_file_problem = None
-            self._token_file_seen = seen
-            if token != self._client.token:
-                if self._client.token:
-                    log.info("Vault token file %s changed; using its new token", path)
-                self._client.token = token
-                self._generation += 1
-
-    async def _check_ready(self) -> bool:
-        try:
-            await self._call("lookup", self._client.auth.token.lookup_self)
-        except ProxyError as exc:
-            ready, self._last_error = False, exc.message
-        except hvac.exceptions.VaultError as exc:
-            ready = False
-            self._last_error = f"Vault denies the token's own lookup: {_vault_message(exc)}"
-        else:
-            ready = True
-        self._ready, self._ready_checked_at = ready, self._clock()
-        return ready
 
     async def _run(self, operation: str | None, fn: Callable[[], T]) -> T:
         """Run `fn` in the pool; translate transport and server failures into VaultUnavailable."""
         if self._closed:
             raise VaultUnavailable("the Vault session is closed")
+        send = _Send(self, fn, _ATTEMPT.get())
         loop = asyncio.get_running_loop()
         outcome = "error"
         try:
-            result = await loop.run_in_executor(self._executor, fn)
+            result = await loop.run_in_executor(self._executor, send)
         except hvac.exceptions.Forbidden:
             outcome = "forbidden"
+            self._answered(operation, outcome)
             raise
         except hvac.exceptions.InvalidPath:
             outcome = "not_found"
+            self._answered(operation, outcome)
+            raise
+        except _NotSent:
+            raise self._fail_fast() from None
+        except VaultUnavailable as exc:  # raised by a login that cannot get a token
+            self._unavailable(exc.message)
             raise
         except requests.Timeout as exc:
-            raise VaultUnavailable(
-                f"Vault at {self.address} did not answer within {self._timeout:g} s"
-            ) from exc
+            message = f"Vault at {self.address} did not answer within {self._timeout:g} s"
+            raise self._unavailable_error(message) from exc
         except requests.RequestException as exc:
-            raise VaultUnavailable(f"cannot reach Vault at {self.address}") from exc
+            raise self._unavailable_error(f"cannot reach Vault at {self.address}") from exc
         except hvac.exceptions.VaultDown as exc:
-            raise VaultUnavailable(f"Vault at {self.address} is sealed or unavailable") from exc
+            message = f"Vault at {self.address} is sealed or unavailable"
+            raise self._unavailable_error(message) from exc
         except hvac.exceptions.VaultError as exc:
-            raise VaultUnavailable(
-                f"Vault at {self.address} failed: {_vault_message(exc)}"
-            ) from exc
+            message = f"Vault at {self.address} failed: {vault_message(exc)}"
+            raise self._unavailable_error(message) from exc
         else:
             outcome = "success"
+            self._answered(operation, outcome)
             return result
         finally:
-            if operation is not None and self._on_request is not None:
+            # A request still queued when its caller gave up never reached Vault: not counted.
+            if operation is not None and self._on_request is not None and send.sent:
                 self._on_request(operation, outcome)
 
+    def _may_send(self, attempt: _Attempt | None) -> bool:
+        """Checked in the worker, just before a request goes out (see `_Send`)."""
+        if attempt is None:
+            return True
+        # Waiting for a worker took the caller's time, or Vault went down meanwhile: sending
+        # now would only add to what a hung Vault has to get through.
+        if attempt.abandoned or time.monotonic() >= attempt.deadline:
+            return False
+        return attempt.probe or not (self._available is False or self._worker_saw_failure)
 
-def _read_credential_file(path: Path, key: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise VaultUnavailable(f"cannot read {key} {path}: {exc.strerror}") from exc
-    if not value:
-        raise VaultUnavailable(f"{key} {path} is empty")
-    return value
+    def _unavailable_error(self, message: str) -> VaultUnavailable:
+        self._unavailable(message)
+        return VaultUnavailable(message)
 
 
-def _vault_message(exc: hvac.exceptions.VaultError) -> str:
-    """Vault's own error text (never a secret: Vault does not echo request bodies)."""
-    errors = [str(error) for error in exc.errors or [] if error]
-    return "; ".join(errors) or type(exc).__name__
+class _Send(Generic[T]):
+    """One hvac call as a worker runs it: sent only if still wanted, failures noted at once."""
+
+    __slots__ = ("attempt", "fn", "sent", "session")
+
+    def __init__(self, session: VaultSession, fn: Callable[[], T], attempt: _Attempt | None):
+        self.session = session
+        self.fn = fn
+        self.attempt = attempt
+        self.sent = False
+
+    def __call__(self) -> T:
+        if not self.session._may_send(self.attempt):
+            raise _NotSent
+        if self.attempt is not None:
+            self.attempt.reached_vault = True
+        self.sent = True
+        try:
+            return self.fn()
+        except (requests.RequestException, hvac.exceptions.VaultDown):
+            # The next queued request must not go out before the event loop has heard of this.
+            self.session._worker_saw_failure = True
+            raise
