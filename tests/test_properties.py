@@ -22,6 +22,7 @@ from proxy.config import DEFAULT_TENANT_PATTERN, Config, load_config, parse_conf
 from proxy.errors import ConfigError, InvalidTenant
 from proxy.http.forward import HOP_BY_HOP, Forwarder, ForwardSettings, TenantResolver
 from proxy.regions import DOMAINS, REGIONS, resolve_region
+from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.tokens import Token
 
 T = TypeVar("T")
@@ -71,12 +72,21 @@ def test_every_id_the_default_pattern_allows_is_accepted(tenant: str) -> None:
 @given(tenant_like)
 def test_even_a_loose_pattern_never_lets_an_id_walk_the_vault_path(tenant: str) -> None:
     result = outcome(lambda: LOOSE_RESOLVER.check(tenant), InvalidTenant)
+    unsafe = set("/\\%?#") & set(tenant) or tenant in ("", ".", "..") or not tenant.isprintable()
     if isinstance(result, InvalidTenant):
-        assert "/" in tenant or "\\" in tenant or tenant in (".", "..")
+        assert unsafe
     else:
-        assert "/" not in result
-        assert "\\" not in result
-        assert result not in (".", "..")
+        assert not unsafe
+        assert result == tenant
+
+
+@given(tenant_like)
+def test_the_cli_the_listener_and_the_vault_source_share_one_tenant_id_check(tenant: str) -> None:
+    # The Vault source checks without a pattern: it refuses exactly the unsafe ids that even a
+    # loose pattern lets through, so the three callers cannot drift apart.
+    loose = outcome(lambda: LOOSE_RESOLVER.check(tenant), InvalidTenant)
+    bare = outcome(lambda: check_tenant_id(tenant, None), InvalidTenant)
+    assert isinstance(loose, InvalidTenant) == isinstance(bare, InvalidTenant)
 
 
 # -- header filtering ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.tokens import Token, TokenManager
 
 log = logging.getLogger("proxy.http.forward")
@@ -168,17 +169,35 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
 
 
 class TenantResolver:
-    """Finds and validates the tenant of a request."""
+    """Finds and validates the tenant of a request: exactly one non-empty tenant header."""
 
     def __init__(self, config: Config, observer: ForwardObserver | None = None) -> None:
         self.header = config.tenant.header
+        self.observer = observer
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded `tenant.pattern` and `tenant.default` (the header needs a restart)."""
         self.pattern = config.tenant.pattern
         self.default = config.tenant.default
-        self.observer = observer
 
     def __call__(self, request: web.Request, fallback: str | None = None) -> str:
-        tenant = request.headers.get(self.header) or fallback or self.default
-        if tenant is None:
+        values = request.headers.getall(self.header, ())
+        if len(values) > 1:
+            # Which one an intermediary or Genesys would read is anyone's guess: refuse both.
+            raise InvalidTenant(
+                f"the request has {len(values)} {self.header} headers; send exactly one"
+            )
+        if values:
+            if not values[0]:
+                # Never the default tenant: an empty header is a bug in the app, not a choice.
+                raise InvalidTenant(f"the {self.header} header is empty")
+            tenant = values[0]
+        elif fallback is not None:
+            tenant = fallback
+        elif self.default is not None:
+            tenant = self.default
+        else:
             raise MissingTenant(f"the {self.header} header is missing and no default tenant is set")
         tenant = self.check(tenant)
         if self.observer is not None:
@@ -186,17 +205,7 @@ class TenantResolver:
         return tenant
 
     def check(self, tenant: str) -> str:
-        # The id becomes part of a Vault path: the pattern is the first guard, and slashes or
-        # dot-segments are refused whatever the configured pattern allows.
-        if (
-            not self.pattern.fullmatch(tenant)
-            or "/" in tenant
-            or "\\" in tenant
-            or tenant in (".", "..")
-        ):
-            shown = tenant if len(tenant) <= 64 and tenant.isprintable() else tenant[:64] + "..."
-            raise InvalidTenant(f"tenant id {shown!r} does not match the tenant pattern")
-        return tenant
+        return check_tenant_id(tenant, self.pattern)
 
 
 class Forwarder:
