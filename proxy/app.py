@@ -183,5 +183,6 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         "/auth/token", _get_token if local else local_endpoint_disabled, allow_head=False
     )
     app.router.add_post("/oauth/token", _oauth_token if local else local_endpoint_disabled)
-    app.router.add_route("*", "/{path:.*}", _forward)
+    # [\s\S], not ".": a path with %0A (a newline once decoded) is forwarded like any other.
+    app.router.add_route("*", r"/{path:[\s\S]*}", _forward)
     return app

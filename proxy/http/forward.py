@@ -21,6 +21,7 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from proxy.config import Config
 from proxy.errors import (
@@ -34,10 +35,14 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.http import wire
+from proxy.http.wire import upstream_url
 from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.tokens import Token, TokenManager
 
 log = logging.getLogger("proxy.http.forward")
+# Header bytes that are not UTF-8 pass both ways unchanged (see proxy.http.wire).
+wire.install()
 
 # RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection that old clients still send.
 HOP_BY_HOP = frozenset(
@@ -226,6 +231,7 @@ class Forwarder:
         self.observer = observer
         # Built once: copying HOP_BY_HOP for every request showed up in the profile.
         self._dropped = HOP_BY_HOP | {"host", "authorization", settings.tenant_header.lower()}
+        self._api_bases: dict[str, URL] = {}
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         tenant = self.tenants(request)
@@ -294,7 +300,7 @@ class Forwarder:
         token: Token,
         body: bytes | AsyncIterator[bytes] | None,
     ) -> aiohttp.ClientResponse:
-        url = self.settings.api_url.format(domain=token.domain) + request.raw_path
+        url = upstream_url(self._api_base(token.domain), request.raw_path)
         headers = self._upstream_headers(request, token)
         try:
             return await self.session.request(
@@ -324,6 +330,13 @@ class Forwarder:
                 f"could not reach Genesys Cloud ({token.domain}): {type(exc).__name__}",
                 tenant=tenant,
             ) from exc
+
+    def _api_base(self, domain: str) -> URL:
+        base = self._api_bases.get(domain)
+        if base is None:
+            # One per region domain (the region table bounds them): parsed once, not per request.
+            base = self._api_bases[domain] = URL(self.settings.api_url.format(domain=domain))
+        return base
 
     def _upstream_headers(self, request: web.Request, token: Token) -> CIMultiDict[str]:
         drop = _with_connection_names(self._dropped, request.headers)
