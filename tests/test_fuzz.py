@@ -22,6 +22,8 @@ CLIENT_ERRORS = {
     "unknown_tenant": 404,
     "body_too_large": 413,
     "not_found": 404,
+    "bad_host": 403,
+    "cross_site": 403,
 }
 VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
 TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
