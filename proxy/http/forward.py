@@ -36,6 +36,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.http import wire
+from proxy.http.failures import describe_client_error, url_host
 from proxy.http.wire import upstream_url
 from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.tokens import Token, TokenManager
@@ -316,10 +317,13 @@ class Forwarder:
         except aiohttp.ConnectionTimeoutError as exc:
             # No connection within connect_timeout: Genesys was not reached, nothing was sent.
             raise UpstreamUnreachable(
-                f"could not connect to Genesys Cloud ({token.domain}) in time", tenant=tenant
+                f"could not reach Genesys Cloud: {describe_client_error(exc, url_host(url))}",
+                tenant=tenant,
             ) from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout("Genesys Cloud did not answer in time", tenant=tenant) from exc
+            raise UpstreamTimeout(
+                f"Genesys Cloud did not answer in time ({url_host(url)})", tenant=tenant
+            ) from exc
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, (BodyTooLarge, RequestTimeout)):
                 raise exc.__cause__ from None
@@ -327,7 +331,7 @@ class Forwarder:
                 # Reading the app's streamed body failed because the app went away.
                 raise ConnectionResetError("the client closed the connection") from exc
             raise UpstreamUnreachable(
-                f"could not reach Genesys Cloud ({token.domain}): {type(exc).__name__}",
+                f"could not reach Genesys Cloud: {describe_client_error(exc, url_host(url))}",
                 tenant=tenant,
             ) from exc
 
