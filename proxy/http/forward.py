@@ -3,6 +3,7 @@
 A request's path through this module:
 
     error_middleware  -> refuses absolute-form targets and CONNECT, turns ProxyError into JSON
+    listener_guard    -> only local, non-browser callers (proxy.http.guard)
     forward()         -> tenant -> TokenManager.get() -> upstream request -> streamed response
                          an upstream 401 drops the token and replays once (buffered bodies only)
 
@@ -372,7 +373,10 @@ class Forwarder:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The status line is gone already: all that is left is to cut the connection,
                 # so the app sees a truncated answer rather than a complete-looking one.
-                log.warning("upstream answer broke off: %s", type(exc).__name__)
+                log.warning(
+                    "upstream answer broke off: %s",
+                    describe_client_error(exc, url_host(upstream.url)),
+                )
                 if request.transport is not None:
                     request.transport.close()
                 return response

@@ -3,7 +3,8 @@
 Three modes, fixed at start-up from `admin.host` and `admin.token_file`:
 
     token    a token file is set: `/admin*` needs `Authorization: Bearer <token>`, or the session
-             cookie the login form sets once the token was typed in
+             cookie the login form sets once the token was typed in (logout ends it here,
+             not only in the browser)
     open     no token, admin listener on loopback: only processes in the pod can reach it
     refused  no token, admin listener on another address: `/admin*` answers 403
 
