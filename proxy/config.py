@@ -17,7 +17,8 @@ from typing import Any, Literal, TypeVar, cast
 import yaml
 from yarl import URL
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, InvalidTenant
+from proxy.tenants.ids import check_tenant_id
 
 DEFAULT_TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -251,10 +252,12 @@ def _check_consistency(config: Config) -> None:
         if auth.method == "approle" and not (auth.role_id and auth.secret_id_file):
             key = "vault.auth.role_id" if not auth.role_id else "vault.auth.secret_id_file"
             raise ConfigError(key, "is required for the approle auth method")
-    if config.tenant.default is not None and not config.tenant.pattern.fullmatch(
-        config.tenant.default
-    ):
-        raise ConfigError("tenant.default", "does not match tenant.pattern")
+    if config.tenant.default is not None:
+        try:
+            check_tenant_id(config.tenant.default, config.tenant.pattern)
+        except InvalidTenant as exc:
+            # Every request without a tenant header would be refused: say so at start-up.
+            raise ConfigError("tenant.default", exc.message) from None
 
 
 def _fill_default(section: _Section, keys: tuple[str, ...], value: str) -> None:

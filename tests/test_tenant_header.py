@@ -125,3 +125,22 @@ async def test_the_resolver_takes_a_new_pattern_and_default_on_reconfigure(
     assert harness.sim.requests[-1].client_id == acme.client_id
     answer = await exchange(harness.client.port, raw_request(ME, ["X-Tenant-ID: other"]))
     assert proxy_error(answer) == (400, "invalid_tenant")
+
+
+@pytest.mark.parametrize(
+    ("tenant", "why"),
+    [
+        ({"default": "-dash-first"}, "does not match the tenant pattern"),
+        ({"default": "a?b", "pattern": ".*"}, "cannot name a Vault secret"),
+        ({"default": "..", "pattern": ".*"}, "cannot name a Vault secret"),
+    ],
+)
+def test_a_default_tenant_the_proxy_would_refuse_is_a_config_error(
+    tenant: dict[str, str], why: str
+) -> None:
+    from proxy.config import parse_config
+    from proxy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=why) as raised:
+        parse_config({"tenant": tenant})
+    assert raised.value.key == "tenant.default"
