@@ -25,6 +25,7 @@ from proxy.http.forward import (
     TenantResolver,
     error_middleware,
 )
+from proxy.http.guard import ListenerGuard
 from proxy.http.token_endpoint import TokenEndpoint, local_endpoint_disabled
 from proxy.ops.access_log import RequestObserver, access_middleware
 from proxy.ops.health import Readiness
@@ -180,7 +181,12 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     app = web.Application(
         # The access middleware is outermost: it sees the proxy's own error answers too.
-        middlewares=[access_middleware(metrics, log_requests=config.log.access), error_middleware],
+        # The guard is innermost: error_middleware turns its refusals into contract errors.
+        middlewares=[
+            access_middleware(metrics, log_requests=config.log.access),
+            error_middleware,
+            ListenerGuard(config.listen).middleware(),
+        ],
         client_max_size=max(config.listen.max_body_bytes, 1024),
     )
     app[CONFIG] = config
@@ -195,5 +201,6 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         "/auth/token", _get_token if local else local_endpoint_disabled, allow_head=False
     )
     app.router.add_post("/oauth/token", _oauth_token if local else local_endpoint_disabled)
-    app.router.add_route("*", "/{path:.*}", _forward)
+    # [\s\S], not ".": a path with %0A (a newline once decoded) is forwarded like any other.
+    app.router.add_route("*", r"/{path:[\s\S]*}", _forward)
     return app

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ from typing import Any, Literal, TypeVar, cast
 import yaml
 from yarl import URL
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, InvalidTenant
+from proxy.tenants.ids import check_tenant_id
 
 DEFAULT_TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -38,6 +40,8 @@ class ListenConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     shutdown_grace: float = 20.0
     idle_timeout: float = 60.0
+    # Host names accepted besides loopback ones while listening on loopback; ("*",): any.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             max_body_bytes=listen.integer("max_body_bytes", ListenConfig.max_body_bytes, low=0),
             shutdown_grace=listen.number("shutdown_grace", ListenConfig.shutdown_grace, low=0),
             idle_timeout=listen.number("idle_timeout", ListenConfig.idle_timeout, low=0.1),
+            allowed_hosts=listen.host_names("allowed_hosts"),
         ),
         admin=AdminConfig(
             host=admin.string("host", AdminConfig.host),
@@ -250,10 +255,12 @@ def _check_consistency(config: Config) -> None:
         if auth.method == "approle" and not (auth.role_id and auth.secret_id_file):
             key = "vault.auth.role_id" if not auth.role_id else "vault.auth.secret_id_file"
             raise ConfigError(key, "is required for the approle auth method")
-    if config.tenant.default is not None and not config.tenant.pattern.fullmatch(
-        config.tenant.default
-    ):
-        raise ConfigError("tenant.default", "does not match tenant.pattern")
+    if config.tenant.default is not None:
+        try:
+            check_tenant_id(config.tenant.default, config.tenant.pattern)
+        except InvalidTenant as exc:
+            # Every request without a tenant header would be refused: say so at start-up.
+            raise ConfigError("tenant.default", exc.message) from None
 
 
 def _fill_default(section: _Section, keys: tuple[str, ...], value: str) -> None:
@@ -356,6 +363,28 @@ class _Section:
         value = self.optional_string(name)
         return Path(value) if value else None
 
+    def host_names(self, name: str) -> tuple[str, ...]:
+        """A list of host names (no scheme, no port), lower-cased; `*` alone means any."""
+        value = self._get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(self.key(name), f"must be a list, not {type(value).__name__}")
+        names: list[str] = []
+        for index, item in enumerate(value):
+            key = f"{self.key(name)}[{index}]"
+            if not isinstance(item, str) or not item:
+                raise ConfigError(key, "must be a non-empty string")
+            host = item.lower().removeprefix("[").removesuffix("]").rstrip(".") or item
+            if item != "*" and not _is_host_name(host):
+                raise ConfigError(
+                    key, f"{item!r} is not a host name or address (no scheme, no port)"
+                )
+            names.append(host)
+        if "*" in names and len(names) > 1:
+            raise ConfigError(self.key(name), "'*' allows any host: list it alone")
+        return tuple(names)
+
     def choice(self, name: str, options: tuple[Any, ...], default: Any) -> Any:
         value = self._get(name)
         if value is None:
@@ -401,6 +430,16 @@ class _Section:
         value = self.template(name, default, "domain")
         _check_url(self.key(name), value.format(domain="mypurecloud.com"), shown=value)
         return value.rstrip("/")
+
+
+def _is_host_name(host: str) -> bool:
+    if ":" in host:  # only an IPv6 address has colons; a port does not belong here
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?", host) is not None
 
 
 def _check_url(key: str, value: str, *, shown: str) -> None:

@@ -8,6 +8,8 @@
         ├── BadRequest                   400 bad_request
         ├── UnknownTenant                404 unknown_tenant
         ├── TenantForbidden              403 tenant_forbidden
+        ├── BadHost                      403 bad_host           (Host not loopback nor allowed)
+        ├── CrossSite                    403 cross_site         (a browser, from a web page)
         ├── RequestTimeout               408 request_timeout
         ├── BodyTooLarge                 413 body_too_large
         ├── InvalidTenantCredentials     502 invalid_tenant_credentials
@@ -88,6 +90,16 @@ class UnknownTenant(ProxyError):
 class TenantForbidden(ProxyError):
     status = 403
     code = "tenant_forbidden"
+
+
+class BadHost(ProxyError):
+    status = 403
+    code = "bad_host"
+
+
+class CrossSite(ProxyError):
+    status = 403
+    code = "cross_site"
 
 
 class RequestTimeout(ProxyError):

@@ -27,10 +27,11 @@ import aiohttp
 
 from proxy.cli import EXIT_FAILURE, EXIT_OK, PROG, UsageError, resolve_config
 from proxy.config import Config, LogConfig
-from proxy.errors import ConfigError, InvalidTenantCredentials, ProxyError
+from proxy.errors import ConfigError, InvalidTenant, InvalidTenantCredentials, ProxyError
 from proxy.ops.logs import configure_logging
 from proxy.regions import DOMAINS, REGIONS, resolve_region
 from proxy.tenants.credentials import parse_record
+from proxy.tenants.ids import check_tenant_id, shown_tenant
 from proxy.tenants.tokens import GenesysTokenFetcher
 from proxy.vault.admin_ops import VaultAdmin
 
@@ -169,10 +170,13 @@ class TenantCommand:
     def check_tenant(self, tenant: str) -> None:
         """Refuse an id the proxy would refuse (or that would walk the KV tree) before any I/O."""
         pattern = self._config.tenant.pattern
-        if not pattern.fullmatch(tenant) or "/" in tenant or tenant in (".", ".."):
+        try:
+            check_tenant_id(tenant, pattern)
+        except InvalidTenant:
             raise UsageError(
-                f"invalid tenant id {tenant!r}: it must match tenant.pattern {pattern.pattern}"
-            )
+                f"invalid tenant id {shown_tenant(tenant)}: it must match tenant.pattern "
+                f"{pattern.pattern} and be one Vault path segment"
+            ) from None
 
     def where(self, tenant: str) -> str:
         return f"{self._config.vault.kv_mount}/{self._path(tenant)}"

@@ -280,7 +280,7 @@ async def test_a_client_that_disconnects_mid_body_leaves_nothing_behind(
     for _ in range(5):
         _, writer = await asyncio.open_connection("127.0.0.1", harness.client.port)
         writer.write(
-            f"POST /api/v2/sim/echo HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: {acme.id}\r\n"
+            f"POST /api/v2/sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Tenant-ID: {acme.id}\r\n"
             f"Content-Length: {declared}\r\n\r\n".encode()
             + b"x" * (declared // 3)
         )
@@ -386,7 +386,7 @@ async def test_a_body_that_stalls_before_it_is_complete_gets_408(
     harness, acme = impatient
     reads = harness.runtime.credentials.reads
     head = (
-        f"POST /api/v2/sim/echo HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: {acme.id}\r\n"
+        f"POST /api/v2/sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Tenant-ID: {acme.id}\r\n"
         "Content-Length: 1000\r\n\r\n"
     ).encode()
     answer = await stall_mid_body(harness.client.port, head, b"0123456789")
@@ -426,7 +426,7 @@ async def test_a_streamed_body_that_stalls_is_cut_off_and_never_completes_upstre
     harness, acme = impatient
     baseline = len(asyncio.all_tasks())
     head = (
-        f"PUT /api/v2/sim/echo/stall HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: {acme.id}\r\n"
+        f"PUT /api/v2/sim/echo/stall HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Tenant-ID: {acme.id}\r\n"
         f"{framing}\r\n\r\n"
     ).encode()
     answer = await stall_mid_body(harness.client.port, head, body_start)

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy.config import DEFAULT_TENANT_PATTERN, Config, load_config, parse_config
-from proxy.errors import ConfigError, InvalidTenant
+from proxy.errors import ConfigError, InvalidTenant, MissingTenant, ProxyError
 from proxy.http.forward import HOP_BY_HOP, Forwarder, ForwardSettings, TenantResolver
 from proxy.regions import DOMAINS, REGIONS, resolve_region
+from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.tokens import Token
 
 T = TypeVar("T")
@@ -71,12 +72,21 @@ def test_every_id_the_default_pattern_allows_is_accepted(tenant: str) -> None:
 @given(tenant_like)
 def test_even_a_loose_pattern_never_lets_an_id_walk_the_vault_path(tenant: str) -> None:
     result = outcome(lambda: LOOSE_RESOLVER.check(tenant), InvalidTenant)
+    unsafe = set("/\\%?#") & set(tenant) or tenant in ("", ".", "..") or not tenant.isprintable()
     if isinstance(result, InvalidTenant):
-        assert "/" in tenant or "\\" in tenant or tenant in (".", "..")
+        assert unsafe
     else:
-        assert "/" not in result
-        assert "\\" not in result
-        assert result not in (".", "..")
+        assert not unsafe
+        assert result == tenant
+
+
+@given(tenant_like)
+def test_the_cli_the_listener_and_the_vault_source_share_one_tenant_id_check(tenant: str) -> None:
+    # The Vault source checks without a pattern: it refuses exactly the unsafe ids that even a
+    # loose pattern lets through, so the three callers cannot drift apart.
+    loose = outcome(lambda: LOOSE_RESOLVER.check(tenant), InvalidTenant)
+    bare = outcome(lambda: check_tenant_id(tenant, None), InvalidTenant)
+    assert isinstance(loose, InvalidTenant) == isinstance(bare, InvalidTenant)
 
 
 # -- header filtering ----------------------------------------------------------------------------
@@ -253,3 +263,49 @@ def test_numbers_that_are_not_finite_are_refused(value: float) -> None:
     with pytest.raises(ConfigError, match="finite") as caught:
         parse_config({"credentials": {"ttl": value}})
     assert caught.value.key == "credentials.ttl"
+
+
+# -- the tenant header: exactly one, non-empty ----------------------------------------------------
+
+WITH_DEFAULT = TenantResolver(parse_config({"tenant": {"default": "fallback"}}))
+tenant_header_lines = st.lists(
+    st.tuples(
+        st.sampled_from(["X-Tenant-ID", "x-tenant-id", "X-TENANT-ID", "x-Tenant-Id"]),
+        st.one_of(st.just(""), st.just("acme"), st.just("fallback"), tenant_like.map(str.strip)),
+    ),
+    max_size=4,
+)
+
+
+@given(tenant_header_lines, st.sampled_from([DEFAULT_RESOLVER, WITH_DEFAULT]))
+def test_a_request_names_exactly_one_tenant_or_is_refused(
+    lines: list[tuple[str, str]], resolver: TenantResolver
+) -> None:
+    headers: CIMultiDict[str] = CIMultiDict(lines)
+    request = make_mocked_request("GET", "/api/v2/users", headers=headers)
+    result = outcome(lambda: resolver(request), ProxyError)
+    if len(lines) > 1 or (lines and lines[0][1] == ""):
+        # Never the default, never the first or the last of several.
+        assert isinstance(result, InvalidTenant), result
+    elif lines:
+        expected = outcome(lambda: resolver.check(lines[0][1]), InvalidTenant)
+        if isinstance(expected, InvalidTenant):
+            assert isinstance(result, InvalidTenant), result
+        else:
+            assert result == lines[0][1]
+    elif resolver.default is not None:
+        assert result == resolver.default
+    else:
+        assert isinstance(result, MissingTenant), result
+
+
+@given(tenant_header_lines, st.one_of(st.none(), st.just("from-basic")))
+def test_the_basic_username_stands_in_only_when_no_tenant_header_is_sent(
+    lines: list[tuple[str, str]], fallback: str | None
+) -> None:
+    request = make_mocked_request("POST", "/oauth/token", headers=CIMultiDict(lines))
+    result = outcome(lambda: WITH_DEFAULT(request, fallback=fallback), ProxyError)
+    if not lines:
+        assert result == (fallback or "fallback")
+    else:
+        assert result != fallback or lines[0][1] == fallback

@@ -3,6 +3,7 @@
 A request's path through this module:
 
     error_middleware  -> refuses absolute-form targets and CONNECT, turns ProxyError into JSON
+    listener_guard    -> only local, non-browser callers (proxy.http.guard)
     forward()         -> tenant -> TokenManager.get() -> upstream request -> streamed response
                          an upstream 401 drops the token and replays once (buffered bodies only)
 
@@ -21,6 +22,7 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from proxy.config import Config
 from proxy.errors import (
@@ -34,9 +36,15 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.http import wire
+from proxy.http.failures import describe_client_error, url_host
+from proxy.http.wire import upstream_url
+from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.tokens import Token, TokenManager
 
 log = logging.getLogger("proxy.http.forward")
+# Header bytes that are not UTF-8 pass both ways unchanged (see proxy.http.wire).
+wire.install()
 
 # RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection that old clients still send.
 HOP_BY_HOP = frozenset(
@@ -168,17 +176,35 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
 
 
 class TenantResolver:
-    """Finds and validates the tenant of a request."""
+    """Finds and validates the tenant of a request: exactly one non-empty tenant header."""
 
     def __init__(self, config: Config, observer: ForwardObserver | None = None) -> None:
         self.header = config.tenant.header
+        self.observer = observer
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded `tenant.pattern` and `tenant.default` (the header needs a restart)."""
         self.pattern = config.tenant.pattern
         self.default = config.tenant.default
-        self.observer = observer
 
     def __call__(self, request: web.Request, fallback: str | None = None) -> str:
-        tenant = request.headers.get(self.header) or fallback or self.default
-        if tenant is None:
+        values = request.headers.getall(self.header, ())
+        if len(values) > 1:
+            # Which one an intermediary or Genesys would read is anyone's guess: refuse both.
+            raise InvalidTenant(
+                f"the request has {len(values)} {self.header} headers; send exactly one"
+            )
+        if values:
+            if not values[0]:
+                # Never the default tenant: an empty header is a bug in the app, not a choice.
+                raise InvalidTenant(f"the {self.header} header is empty")
+            tenant = values[0]
+        elif fallback is not None:
+            tenant = fallback
+        elif self.default is not None:
+            tenant = self.default
+        else:
             raise MissingTenant(f"the {self.header} header is missing and no default tenant is set")
         tenant = self.check(tenant)
         if self.observer is not None:
@@ -186,17 +212,7 @@ class TenantResolver:
         return tenant
 
     def check(self, tenant: str) -> str:
-        # The id becomes part of a Vault path: the pattern is the first guard, and slashes or
-        # dot-segments are refused whatever the configured pattern allows.
-        if (
-            not self.pattern.fullmatch(tenant)
-            or "/" in tenant
-            or "\\" in tenant
-            or tenant in (".", "..")
-        ):
-            shown = tenant if len(tenant) <= 64 and tenant.isprintable() else tenant[:64] + "..."
-            raise InvalidTenant(f"tenant id {shown!r} does not match the tenant pattern")
-        return tenant
+        return check_tenant_id(tenant, self.pattern)
 
 
 class Forwarder:
@@ -217,6 +233,7 @@ class Forwarder:
         self.observer = observer
         # Built once: copying HOP_BY_HOP for every request showed up in the profile.
         self._dropped = HOP_BY_HOP | {"host", "authorization", settings.tenant_header.lower()}
+        self._api_bases: dict[str, URL] = {}
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         tenant = self.tenants(request)
@@ -285,7 +302,7 @@ class Forwarder:
         token: Token,
         body: bytes | AsyncIterator[bytes] | None,
     ) -> aiohttp.ClientResponse:
-        url = self.settings.api_url.format(domain=token.domain) + request.raw_path
+        url = upstream_url(self._api_base(token.domain), request.raw_path)
         headers = self._upstream_headers(request, token)
         try:
             return await self.session.request(
@@ -301,10 +318,13 @@ class Forwarder:
         except aiohttp.ConnectionTimeoutError as exc:
             # No connection within connect_timeout: Genesys was not reached, nothing was sent.
             raise UpstreamUnreachable(
-                f"could not connect to Genesys Cloud ({token.domain}) in time", tenant=tenant
+                f"could not reach Genesys Cloud: {describe_client_error(exc, url_host(url))}",
+                tenant=tenant,
             ) from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout("Genesys Cloud did not answer in time", tenant=tenant) from exc
+            raise UpstreamTimeout(
+                f"Genesys Cloud did not answer in time ({url_host(url)})", tenant=tenant
+            ) from exc
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, (BodyTooLarge, RequestTimeout)):
                 raise exc.__cause__ from None
@@ -312,9 +332,16 @@ class Forwarder:
                 # Reading the app's streamed body failed because the app went away.
                 raise ConnectionResetError("the client closed the connection") from exc
             raise UpstreamUnreachable(
-                f"could not reach Genesys Cloud ({token.domain}): {type(exc).__name__}",
+                f"could not reach Genesys Cloud: {describe_client_error(exc, url_host(url))}",
                 tenant=tenant,
             ) from exc
+
+    def _api_base(self, domain: str) -> URL:
+        base = self._api_bases.get(domain)
+        if base is None:
+            # One per region domain (the region table bounds them): parsed once, not per request.
+            base = self._api_bases[domain] = URL(self.settings.api_url.format(domain=domain))
+        return base
 
     def _upstream_headers(self, request: web.Request, token: Token) -> CIMultiDict[str]:
         drop = _with_connection_names(self._dropped, request.headers)
@@ -346,7 +373,10 @@ class Forwarder:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The status line is gone already: all that is left is to cut the connection,
                 # so the app sees a truncated answer rather than a complete-looking one.
-                log.warning("upstream answer broke off: %s", type(exc).__name__)
+                log.warning(
+                    "upstream answer broke off: %s",
+                    describe_client_error(exc, url_host(upstream.url)),
+                )
                 if request.transport is not None:
                     request.transport.close()
                 return response

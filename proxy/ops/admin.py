@@ -250,6 +250,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    request.app[ACCESS].logout(request)
     response = _see_other("/admin")
     response.del_cookie(SESSION_COOKIE, path="/admin")
     return response

@@ -3,7 +3,8 @@
 Three modes, fixed at start-up from `admin.host` and `admin.token_file`:
 
     token    a token file is set: `/admin*` needs `Authorization: Bearer <token>`, or the session
-             cookie the login form sets once the token was typed in
+             cookie the login form sets once the token was typed in (logout ends it here,
+             not only in the browser)
     open     no token, admin listener on loopback: only processes in the pod can reach it
     refused  no token, admin listener on another address: `/admin*` answers 403
 
@@ -104,6 +105,10 @@ class AdminAccess:
         self._clock = wall_clock
         # Per process: sessions and CSRF tokens die with it, and never leave it.
         self._key = secrets.token_bytes(32)
+        # Sessions ended by logout before their expiry: signed cookies are otherwise valid
+        # until then, so a copied cookie would outlive the logout. Only sessions that were
+        # valid get here (that takes the admin token), and each leaves once it has expired.
+        self._ended: dict[str, int] = {}
 
     def describe(self) -> str:
         """One line for the start-up log."""
@@ -136,7 +141,17 @@ class AdminAccess:
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             return None
         expires = int(self._clock()) + SESSION_SECONDS
-        return f"{expires}.{self._sign(f'session:{expires}', token)}"
+        # A random id per login: two logins in one second are two sessions, ended one by one.
+        session = secrets.token_urlsafe(16)
+        return f"{expires}.{session}.{self._sign(f'session:{expires}:{session}', token)}"
+
+    def logout(self, request: web.Request) -> None:
+        """End the request's session here, not only in the browser: its cookie stops working."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if self.token is None or not self._valid_session(cookie, self.token.current()):
+            return
+        assert cookie is not None
+        self._ended[cookie] = int(cookie.partition(".")[0])
 
     def csrf_token(self, request: web.Request) -> str:
         """The token forms must send back: bound to the session (or the process, when open)."""
@@ -170,11 +185,18 @@ class AdminAccess:
     def _valid_session(self, cookie: str | None, token: str) -> bool:
         if not cookie:
             return False
-        expires, _, signature = cookie.partition(".")
+        expires, _, rest = cookie.partition(".")
+        session, _, signature = rest.partition(".")
         if not expires.isdigit() or int(expires) < self._clock():
             return False
+        now = self._clock()
+        for ended, until in list(self._ended.items()):
+            if until < now:
+                del self._ended[ended]
+        if cookie in self._ended:
+            return False
         # Signed with the token itself too: rotating the token ends every session.
-        expected = self._sign(f"session:{expires}", token)
+        expected = self._sign(f"session:{expires}:{session}", token)
         return hmac.compare_digest(signature.encode(), expected.encode())
 
     def _sign(self, message: str, token: str) -> str:

@@ -3,7 +3,8 @@
 Everything under `/api/v2/sim/` exists only in the simulator, so tests can see what arrived:
 
 - `<any method> /api/v2/sim/echo[/...]`: JSON of the request (method, path, query string,
-  headers, body length and SHA-256, client and org of the token).
+  headers, body length and SHA-256, client and org of the token); request headers named
+  `X-Echo-*` are sent back as response headers.
 - `GET /api/v2/sim/blob?bytes=N[&gzip=1]`: N deterministic bytes (`blob_content(N)`), streamed in
   64 KiB chunks with a Content-Length; with `gzip=1` precompressed, with `Content-Encoding: gzip`.
 - `<any method> /api/v2/sim/slow?seconds=S`: answers after S seconds.
@@ -105,6 +106,10 @@ async def _route(call: ApiCall, client: SimClient) -> web.StreamResponse:
             user = next((u for u in directory.users(client) if u["id"] == user_id), None)
             return call.json(user) if user else _not_found(call)
         case (_, "sim", "echo", *_):
+            # Request headers named X-Echo-* come back as response headers, value unchanged.
+            for name, value in call.request.headers.items():
+                if name.lower().startswith("x-echo-"):
+                    call.response_headers[name] = value
             return call.json(_echo(call, client))
         case ("GET", "sim", "blob"):
             return await _blob(call)

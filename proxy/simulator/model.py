@@ -34,6 +34,10 @@ class SeenRequest:
     body_sha256: str
     client_id: str | None
     status: int
+    # The request target exactly as it arrived (path, `?` and query, nothing decoded), and the
+    # header lines as bytes: what a byte-for-byte test compares.
+    target: str = ""
+    raw_headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""

@@ -83,7 +83,8 @@ class GenesysSimulator:
         self.requests: collections.deque[SeenRequest] = collections.deque(maxlen=SEEN_REQUESTS_KEPT)
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
         self.app.router.add_post("/login/{domain}/oauth/token", self._handle_login)
-        self.app.router.add_route("*", "/api/{domain}/{tail:.*}", self._handle_api)
+        # [\s\S], not ".": a path with %0A must reach the handler too, to be recorded.
+        self.app.router.add_route("*", r"/api/{domain}/{tail:[\s\S]*}", self._handle_api)
 
     # -- where it listens ------------------------------------------------------------------------
 
@@ -394,6 +395,8 @@ class GenesysSimulator:
                 body_sha256=call.body_sha256,
                 client_id=call.token.client_id if call.token else None,
                 status=status,
+                target=request.raw_path,
+                raw_headers=tuple(request.raw_headers),
             )
         )
         if status == 401:

@@ -17,13 +17,13 @@ from cachetools import TTLCache
 from proxy.config import Config
 from proxy.errors import (
     ConfigError,
-    InvalidTenant,
     InvalidTenantCredentials,
     ProxyError,
     UnknownTenant,
     VaultUnavailable,
 )
 from proxy.regions import resolve_region
+from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.singleflight import SingleFlight
 from proxy.vault.session import HealthObserver, RequestObserver, VaultSession
 
@@ -117,8 +117,7 @@ class VaultCredentialSource:
     async def fetch(self, tenant: str) -> TenantCredentials:
         """Read and validate the tenant's secret."""
         # A configured tenant pattern may be loose; a tenant id must never walk the KV tree.
-        if "/" in tenant or tenant in (".", ".."):
-            raise InvalidTenant(f"tenant id {tenant!r} cannot name a Vault secret", tenant=tenant)
+        check_tenant_id(tenant, None)
         path = self._path_template.format(tenant=tenant)
         try:
             data = await self._session.read(path)

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 
 from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, VaultUnavailable
+from proxy.http.failures import describe_client_error, url_host
 from proxy.tenants.credentials import TenantCredentials
 from proxy.tenants.singleflight import SingleFlight
 
@@ -49,6 +50,20 @@ RETRY_AFTER_CAP = 300.0
 
 # OAuth error codes with which a token endpoint says the client itself is bad (RFC 6749 5.2).
 _REJECTED_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "access_denied"})
+# RFC 6749 sections 4.1.2.1 and 5.2: the only login error codes echoed into messages and logs.
+OAUTH_ERROR_CODES = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +167,13 @@ class GenesysTokenFetcher:
                 body = await response.read()
         except TimeoutError as exc:
             raise TokenUnavailable(
-                f"The Genesys token endpoint {where} did not answer in time.", tenant=tenant
+                f"The Genesys token endpoint {where} did not answer in time ({url_host(url)}).",
+                tenant=tenant,
             ) from exc
         except aiohttp.ClientError as exc:
             raise TokenUnavailable(
-                f"The Genesys token endpoint {where} could not be reached ({type(exc).__name__}).",
+                f"The Genesys token endpoint {where} could not be reached "
+                f"({describe_client_error(exc, url_host(url))}).",
                 tenant=tenant,
             ) from exc
 
@@ -215,13 +232,12 @@ def _parse_token_answer(body: bytes) -> tuple[str | None, float | None]:
 
 
 def _oauth_error(body: bytes) -> str | None:
-    """The OAuth `error` code of an error answer, if it has a sane one."""
+    """The OAuth `error` code of an error answer, if it is one RFC 6749 defines."""
     data = _json_object(body)
     error = data.get("error") if data is not None else None
-    # Echoed into messages and logs, so only a short token-like code is accepted.
-    if isinstance(error, str) and 0 < len(error) <= 64 and error.replace("_", "").isalnum():
-        return error
-    return None
+    # Echoed into messages and logs: anything else may be whatever a broken login service
+    # put there (it once answered {"error": "<the client secret>"}), so it is never shown.
+    return error if isinstance(error, str) and error in OAUTH_ERROR_CODES else None
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
