@@ -26,8 +26,9 @@ from proxy.http.forward import (
     error_middleware,
 )
 from proxy.http.token_endpoint import TokenEndpoint, local_endpoint_disabled
-from proxy.ops.access_log import RequestObserver, access_middleware
+from proxy.ops.access_log import AccessLog, RequestObserver, access_log_ctx
 from proxy.ops.metrics import Metrics
+from proxy.reload import RECONFIGURABLE, Reconfigurable
 from proxy.tenants.credentials import (
     CredentialStore,
     VaultCredentialSource,
@@ -61,6 +62,7 @@ class Runtime:
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 RUNTIME = web.AppKey("runtime", Runtime)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | bool:
@@ -115,6 +117,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         observer = RequestObserver(metrics)
         tenants = TenantResolver(config, observer)
+        app[RECONFIGURABLE].append(tenants)
         settings = ForwardSettings.from_config(config)
         runtime = Runtime(
             config=config,
@@ -169,13 +172,19 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         tenant_label=config.metrics.tenant_label,
         max_tenants=config.tenant.max_tenants,
     )
+    access = AccessLog(metrics, config.log)
     app = web.Application(
         # The access middleware is outermost: it sees the proxy's own error answers too.
-        middlewares=[access_middleware(metrics, log_requests=config.log.access), error_middleware],
+        middlewares=[access.middleware, error_middleware],
         client_max_size=max(config.listen.max_body_bytes, 1024),
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[ACCESS_LOG] = access
+    # Components holding reloadable settings; each resource's creator appends its own.
+    reconfigurable: list[Reconfigurable] = [access]
+    app[RECONFIGURABLE] = reconfigurable
+    app.cleanup_ctx.append(access_log_ctx(access))  # first: its last lines are written last
     app.cleanup_ctx.append(_runtime_ctx)
     app.cleanup_ctx.append(_vault_renewal_ctx)  # after the runtime: stops before it closes
     local = config.local_token_endpoint

@@ -176,6 +176,11 @@ class TenantResolver:
         self.default = config.tenant.default
         self.observer = observer
 
+    def reconfigure(self, config: Config) -> None:
+        """Take `tenant.pattern` and `tenant.default` from a reloaded config (the header stays)."""
+        self.pattern = config.tenant.pattern
+        self.default = config.tenant.default
+
     def __call__(self, request: web.Request, fallback: str | None = None) -> str:
         tenant = request.headers.get(self.header) or fallback or self.default
         if tenant is None:

@@ -57,6 +57,7 @@ UPSTREAM_RETRIES = "genesys_proxy_upstream_retries_total"
 VAULT_REQUESTS = "genesys_proxy_vault_requests_total"
 INFLIGHT = "genesys_proxy_inflight_requests"
 RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
+CONFIG_RELOADS = "genesys_proxy_config_reloads_total"
 
 
 class TokenStates(Protocol):
@@ -194,6 +195,14 @@ class Metrics:
             ["operation", "outcome"],
             registry=registry,
         )
+        self.config_reloads = Counter(
+            CONFIG_RELOADS,
+            "Config reloads (SIGHUP or a changed --config file), by outcome (success, error).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("success", "error"):
+            self.config_reloads.labels(outcome)  # both series from the start, at 0
         self._inflight = 0
         self.inflight = Gauge(
             INFLIGHT, "Requests being handled on the proxy listener.", registry=registry
@@ -233,6 +242,11 @@ class Metrics:
         if child is None:
             child = self._vault_children[key] = self.vault_requests.labels(*key)
         child.inc()
+
+    # -- hooks: the reloader (proxy.reload.Reloader) ---------------------------------------------
+
+    def config_reload(self, outcome: str) -> None:
+        self.config_reloads.labels(outcome).inc()
 
     # -- hooks: requests and their upstream answers ----------------------------------------------
 
