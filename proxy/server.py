@@ -198,14 +198,14 @@ class Server:
             )
             await self.requests.cancel(CANCEL_SECONDS)
         # Every request has ended, answered or cut, so every access line is queued: write them
-        # before anything else can go wrong.
-        self.proxy_app[ACCESS_LOG].flush()
+        # before anything else can go wrong (bounded: the output may be a pipe nobody reads).
+        access = self.proxy_app[ACCESS_LOG]
+        await asyncio.to_thread(access.close, max(deadline - loop.time(), 0.1) / 2)
         try:
             async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
                 await self.close()
         except TimeoutError:
             log.warning("resources did not close within %gs of the grace; exiting", CLOSE_SECONDS)
-        self.proxy_app[ACCESS_LOG].close()
         log.info("stopped")
 
     def _start_draining(self) -> None:

@@ -216,19 +216,30 @@ class AccessLog:
             self._thread = threading.Thread(target=self._run, name="access-log-writer", daemon=True)
             self._thread.start()
 
-    def close(self) -> None:
-        """Write every queued line and stop the writer thread."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Write every queued line and stop the writer thread, waiting at most `timeout`."""
         self._closed = True
         self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join(timeout=1.0)
-        self.flush()
+            thread.join(timeout)  # it writes what is queued, then ends
+            if thread.is_alive():
+                # Its write is stuck (a full pipe nobody reads): waiting longer would hang exit.
+                log.warning(
+                    "the access log's output is blocked: %d lines not written", len(self._queue)
+                )
+                return
+        self.flush(timeout)
 
-    def flush(self) -> None:
-        """Write every line queued so far, now, on the caller's thread."""
-        with self._lock:
+    def flush(self, timeout: float = -1) -> bool:
+        """Write every line queued so far, now, on the caller's thread; False if it could not."""
+        if not self._lock.acquire(timeout=timeout):
+            return False  # the writer thread is stuck in a write
+        try:
             self._write_queued()
+        finally:
+            self._lock.release()
+        return True
 
     def _run(self) -> None:
         while not self._closed:
@@ -270,7 +281,7 @@ def access_log_ctx(
         try:
             yield
         finally:
-            access.close()
+            access.close(timeout=0.2)  # the server closed it already, with its budget
 
     return ctx
 
