@@ -195,6 +195,31 @@ async def test_sigterm_cuts_a_download_still_streaming_when_the_grace_ends_and_e
     ]
 
 
+async def test_a_second_sigterm_cuts_the_grace_short(tmp_path: Path, daemons: list[Daemon]) -> None:
+    async with running(tmp_path) as setup:
+        setup.write(setup.config(listen={"shutdown_grace": 120}))
+        daemon = await start(setup, daemons)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                setup.url("/api/v2/sim/trickle?chunks=100000&interval=0.05"),
+                headers={"X-Tenant-ID": "acme"},
+            ) as response,
+        ):
+            await response.content.readexactly(len(TRICKLE_CHUNK))
+            daemon.process.send_signal(signal.SIGTERM)
+            # Still streaming after the first: the grace is under way.
+            await response.content.readexactly(len(TRICKLE_CHUNK))
+            daemon.process.send_signal(signal.SIGTERM)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await _read_to_the_end(response)
+        # Well before the 120 s grace (the wait's own timeout would fail the test).
+        returncode = await asyncio.to_thread(daemon.process.wait, 60)
+        output = daemon.finish()
+    assert returncode == 0, output
+    assert "SIGTERM again: cutting the shutdown grace short" in output
+
+
 async def test_sigterm_during_traffic_loses_no_access_log_line(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -231,6 +256,11 @@ async def test_sigterm_during_traffic_loses_no_access_log_line(
     missing = [target for target in answered if target not in logged]
     assert len(answered) >= 200
     assert missing == [], f"{len(missing)} of {len(answered)} answered requests have no line"
+
+
+async def _read_to_the_end(response: aiohttp.ClientResponse) -> None:
+    while await response.content.read(1024):
+        pass
 
 
 async def _at_least(items: list[str], count: int) -> bool:

@@ -255,7 +255,7 @@ class AccessLog:
 
     def _write_queued(self) -> None:
         queue, lines = self._queue, []
-        format_line = _json_line if self._json else _text_line
+        format_line = json_line if self._json else text_line
         while queue:
             lines.append(format_line(queue.popleft()))
         if self.dropped != self._dropped_reported:
@@ -300,13 +300,15 @@ def _fields(entry: Entry) -> tuple[str, dict[str, object]]:
     }
 
 
-def _text_line(entry: Entry) -> str:
+def text_line(entry: Entry) -> str:
+    """The line in `log.format: text`, newline included."""
     when, fields = _fields(entry)
     extra = " ".join(f"{k}={v}" for k, v in fields.items())
     return f"{when} INFO {ACCESS_LOGGER} request {extra}\n"
 
 
-def _json_line(entry: Entry) -> str:
+def json_line(entry: Entry) -> str:
+    """The line in `log.format: json`, newline included."""
     when, fields = _fields(entry)
     line: dict[str, object] = {
         "time": when,
