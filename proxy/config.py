@@ -108,7 +108,8 @@ class GenesysConfig:
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
-    # One line per proxied request; ~60 us of CPU each (bench/observability_overhead.py).
+    # One line per proxied request, queued and written in batches by a thread (see
+    # proxy.ops.access_log; its cost per request: docs/performance.md).
     access: bool = True
 
 
