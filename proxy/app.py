@@ -27,9 +27,10 @@ from proxy.http.forward import (
 )
 from proxy.http.guard import ListenerGuard
 from proxy.http.token_endpoint import TokenEndpoint, local_endpoint_disabled
-from proxy.ops.access_log import RequestObserver, access_middleware
+from proxy.ops.access_log import AccessLog, RequestObserver, access_log_ctx
 from proxy.ops.health import Readiness
 from proxy.ops.metrics import Metrics
+from proxy.reload import RECONFIGURABLE, Reconfigurable
 from proxy.tenants.credentials import (
     CredentialStore,
     VaultCredentialSource,
@@ -65,6 +66,7 @@ METRICS = web.AppKey("metrics", Metrics)
 # Made before resources open, so /readyz answers "starting" while they do.
 READINESS = web.AppKey("readiness", Readiness)
 RUNTIME = web.AppKey("runtime", Runtime)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | bool:
@@ -123,6 +125,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         observer = RequestObserver(metrics)
         tenants = TenantResolver(config, observer)
+        app[RECONFIGURABLE].append(tenants)
         settings = ForwardSettings.from_config(config)
         runtime = Runtime(
             config=config,
@@ -179,11 +182,12 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         max_tenants=config.tenant.max_tenants,
         uses_vault=config.credentials.source == "vault",
     )
+    access = AccessLog(metrics, config.log)
     app = web.Application(
         # The access middleware is outermost: it sees the proxy's own error answers too.
         # The guard is innermost: error_middleware turns its refusals into contract errors.
         middlewares=[
-            access_middleware(metrics, log_requests=config.log.access),
+            access.middleware,
             error_middleware,
             ListenerGuard(config.listen).middleware(),
         ],
@@ -194,6 +198,11 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app[READINESS] = Readiness(
         uses_vault=config.credentials.source == "vault", on_vault_up=metrics.vault_state
     )
+    app[ACCESS_LOG] = access
+    # Components holding reloadable settings; each resource's creator appends its own.
+    reconfigurable: list[Reconfigurable] = [access]
+    app[RECONFIGURABLE] = reconfigurable
+    app.cleanup_ctx.append(access_log_ctx(access))  # first: its last lines are written last
     app.cleanup_ctx.append(_runtime_ctx)
     app.cleanup_ctx.append(_vault_renewal_ctx)  # after the runtime: stops before it closes
     local = config.local_token_endpoint

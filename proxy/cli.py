@@ -73,11 +73,16 @@ def _port(value: str) -> int:
     return port
 
 
-def resolve_config(path: Path | None, env: Mapping[str, str]) -> Config:
-    """The config for a command: --config, else $GENESYS_PROXY_CONFIG, else the defaults."""
+def config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The config file of a command: --config, else $GENESYS_PROXY_CONFIG, else none."""
     if path is None and env.get("GENESYS_PROXY_CONFIG"):
         path = Path(env["GENESYS_PROXY_CONFIG"])
-    return load_config(path, env)
+    return path
+
+
+def resolve_config(path: Path | None, env: Mapping[str, str]) -> Config:
+    """The config for a command: --config, else $GENESYS_PROXY_CONFIG, else the defaults."""
+    return load_config(config_path(path, env), env)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -105,11 +110,12 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(f"{PROG}: config OK")
             return EXIT_OK
         if args.command == "serve":
-            config = resolve_config(args.config, env)
+            path = config_path(args.config, env)
+            config = load_config(path, env)
             configure_logging(config.log)
             from proxy.server import run
 
-            run(config)
+            run(config, path, env)  # the path and env again for reloads
             return EXIT_OK
         if args.command == "tenant":
             from proxy.tenant_cli import run_tenant_command

@@ -10,7 +10,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -114,7 +114,8 @@ class GenesysConfig:
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
-    # One line per proxied request; ~60 us of CPU each (bench/observability_overhead.py).
+    # One line per proxied request, queued and written in batches by a thread (see
+    # proxy.ops.access_log; its cost per request: docs/performance.md).
     access: bool = True
 
 
@@ -243,6 +244,42 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         section.reject_unknown()
     _check_consistency(config)
     return config
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The dotted names of the keys whose values differ (`listen.port`, `vault.auth.token`)."""
+    return _changed(old, new, "")
+
+
+def _changed(old: Any, new: Any, prefix: str) -> list[str]:
+    if not (is_dataclass(old) and is_dataclass(new)):
+        return [prefix] if old != new else []
+    keys: list[str] = []
+    for item in fields(old):
+        name = f"{prefix}.{item.name}" if prefix else item.name
+        keys.extend(_changed(getattr(old, item.name), getattr(new, item.name), name))
+    return keys
+
+
+def with_keys_from(base: Config, source: Config, keys: list[str] | tuple[str, ...]) -> Config:
+    """`base`, with the values of `keys` (dotted names, or whole sections) taken from `source`.
+
+    The result is checked as a whole, like a loaded file: keys that depend on each other
+    (`tenant.default` must match `tenant.pattern`) stay consistent.
+    """
+    merged = base
+    for key in keys:
+        merged = _replace_path(merged, source, key.split("."))
+    _check_consistency(merged)
+    return merged
+
+
+def _replace_path(base: Any, source: Any, path: list[str]) -> Any:
+    name, rest = path[0], path[1:]
+    if not hasattr(base, name):
+        return base  # a section a later version adds: nothing to take from it yet
+    value = _replace_path(getattr(base, name), getattr(source, name), rest) if rest else None
+    return replace(base, **{name: value if rest else getattr(source, name)})
 
 
 def _check_consistency(config: Config) -> None:

@@ -5,64 +5,70 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from proxy.app import ACCESS_LOG
 from proxy.config import LogConfig
 from proxy.ops.access_log import REDACTED, looks_like_secret, redact_target
 from proxy.ops.logs import configure_logging
 from tests.conftest import ProxyHarness
 
+JSON_LOG = {"log": {"format": "json"}}
 
-def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "proxy.access"]
+
+def access_lines(harness: ProxyHarness, capsys: pytest.CaptureFixture[str]) -> list[Any]:
+    """The access lines written so far (the writer flushed first), as objects."""
+    assert harness.app is not None
+    harness.app[ACCESS_LOG].flush()
+    lines = capsys.readouterr().err.splitlines()
+    return [json.loads(line) for line in lines if '"logger": "proxy.access"' in line]
 
 
 async def test_access_line_carries_tenant_status_duration_and_correlation_id(
-    harness: ProxyHarness, caplog: pytest.LogCaptureFixture
+    harness: ProxyHarness, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="proxy.access")
     acme = harness.add_tenant("acme")
-    await harness.start()
+    await harness.start(JSON_LOG)
     response = await harness.client.get(
         "/api/v2/users?pageSize=25", headers={"X-Tenant-ID": acme.id}
     )
     assert response.status == 200
 
-    [line] = access_records(caplog)
-    assert line.levelname == "INFO"
-    assert line.tenant == acme.id  # type: ignore[attr-defined]
-    assert line.method == "GET"  # type: ignore[attr-defined]
-    assert line.path == "/api/v2/users?pageSize=25"  # type: ignore[attr-defined]
-    assert line.status == 200  # type: ignore[attr-defined]
-    assert line.upstream_status == 200  # type: ignore[attr-defined]
-    assert isinstance(line.duration_ms, float)  # type: ignore[attr-defined]
-    assert line.duration_ms > 0  # type: ignore[attr-defined]
+    [line] = access_lines(harness, capsys)
+    assert line["level"] == "info"
+    assert line["tenant"] == acme.id
+    assert line["method"] == "GET"
+    assert line["path"] == "/api/v2/users?pageSize=25"
+    assert line["status"] == 200
+    assert line["upstream_status"] == 200
+    assert isinstance(line["duration_ms"], float)
+    assert line["duration_ms"] > 0
     # Genesys' correlation id, as the app saw it in the answer.
-    assert line.correlation_id == response.headers["ININ-Correlation-Id"]  # type: ignore[attr-defined]
-    assert line.error is None  # type: ignore[attr-defined]
+    assert line["correlation_id"] == response.headers["ININ-Correlation-Id"]
+    assert line["error"] is None
 
 
 async def test_access_line_of_a_proxy_error_names_its_code(
-    harness: ProxyHarness, caplog: pytest.LogCaptureFixture
+    harness: ProxyHarness, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="proxy.access")
-    await harness.start()
+    await harness.start(JSON_LOG)
     await harness.client.get(
         "/api/v2/users",
         headers={"X-Tenant-ID": f"{harness.prefix}nobody", "ININ-Correlation-Id": "corr-42"},
     )
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": "../../etc"})
 
-    unknown, invalid = access_records(caplog)
-    assert unknown.status == 404  # type: ignore[attr-defined]
-    assert unknown.error == "unknown_tenant"  # type: ignore[attr-defined]
-    assert unknown.tenant == f"{harness.prefix}nobody"  # type: ignore[attr-defined]
-    assert unknown.upstream_status is None  # type: ignore[attr-defined]
-    assert unknown.correlation_id == "corr-42"  # type: ignore[attr-defined]
+    unknown, invalid = access_lines(harness, capsys)
+    assert unknown["status"] == 404
+    assert unknown["error"] == "unknown_tenant"
+    assert unknown["tenant"] == f"{harness.prefix}nobody"
+    assert unknown["upstream_status"] is None
+    assert unknown["correlation_id"] == "corr-42"
     # A tenant id that failed the pattern is not logged.
-    assert invalid.error == "invalid_tenant"  # type: ignore[attr-defined]
-    assert invalid.tenant is None  # type: ignore[attr-defined]
+    assert invalid["error"] == "invalid_tenant"
+    assert invalid["tenant"] is None
 
 
 @pytest.fixture
@@ -85,12 +91,14 @@ async def test_json_format_writes_one_json_object_per_line(
     acme = harness.add_tenant("acme")
     bad = harness.add_tenant("bad", vault_secret="fake-wrong-secret-2718")
     configure_logging(LogConfig(level="info", format="json"))
-    await harness.start()
+    await harness.start(JSON_LOG)
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
     await harness.client.post(
         "/api/v2/sim/echo?note=a%0Ab", data=b"{}", headers={"X-Tenant-ID": acme.id}
     )
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": bad.id})
+    assert harness.app is not None
+    harness.app[ACCESS_LOG].flush()
 
     lines = capsys.readouterr().err.splitlines()
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
@@ -114,6 +122,8 @@ async def test_text_format_writes_one_line_per_request(
     configure_logging(LogConfig(level="info", format="text"))
     await harness.start()
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
+    assert harness.app is not None
+    harness.app[ACCESS_LOG].flush()
 
     lines = [line for line in capsys.readouterr().err.splitlines() if " proxy.access " in line]
     assert len(lines) == 1
@@ -121,19 +131,18 @@ async def test_text_format_writes_one_line_per_request(
 
 
 async def test_secret_looking_query_values_never_reach_the_access_log(
-    harness: ProxyHarness, caplog: pytest.LogCaptureFixture
+    harness: ProxyHarness, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="proxy.access")
     acme = harness.add_tenant("acme")
-    await harness.start()
+    await harness.start(JSON_LOG)
     secret = "fake-Secret-Value-0123456789abcdef"
     await harness.client.get(
         f"/api/v2/users?client_secret=x1&q={secret}&pageSize=25",
         headers={"X-Tenant-ID": acme.id},
     )
-    [line] = access_records(caplog)
-    assert line.path == f"/api/v2/users?client_secret={REDACTED}&q={REDACTED}&pageSize=25"  # type: ignore[attr-defined]
-    assert secret not in caplog.text
+    [line] = access_lines(harness, capsys)
+    assert line["path"] == f"/api/v2/users?client_secret={REDACTED}&q={REDACTED}&pageSize=25"
+    assert secret not in json.dumps(line)
 
 
 @pytest.mark.parametrize(
@@ -170,14 +179,13 @@ def test_uuids_and_words_do_not_look_like_secrets() -> None:
 
 
 async def test_access_log_can_be_turned_off_while_metrics_keep_counting(
-    harness: ProxyHarness, caplog: pytest.LogCaptureFixture
+    harness: ProxyHarness, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="proxy.access")
     acme = harness.add_tenant("acme")
-    await harness.start({"log": {"access": False}})
+    await harness.start({"log": {"access": False, "format": "json"}})
     response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
     assert response.status == 200
-    assert access_records(caplog) == []
+    assert access_lines(harness, capsys) == []
     stats = harness.runtime.metrics.tenant_stats(acme.id)
     assert stats is not None
     assert stats.requests == 1

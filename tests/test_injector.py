@@ -294,6 +294,21 @@ async def test_pod_that_already_carries_the_sidecar_gets_no_patch_and_a_warning(
     assert "already has a container" in response["warnings"][0]
 
 
+async def test_a_pod_whose_grace_period_is_shorter_than_the_proxys_drain_gets_a_warning(
+    injector: Injector,
+) -> None:
+    pod = pod_from_deployment(EXAMPLE_INJECTED)
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= 21  # the example leaves room
+    assert "warnings" not in await injector.review(pod)
+    pod["spec"]["terminationGracePeriodSeconds"] = 10
+
+    response = await injector.review(pod)
+
+    assert response["allowed"] is True
+    assert "patch" in response  # injected all the same: the owner may know better
+    assert "terminationGracePeriodSeconds (10)" in response["warnings"][0]
+
+
 @pytest.mark.parametrize(
     ("operation", "kind", "resource"),
     [("UPDATE", "Pod", "pods"), ("CREATE", "Deployment", "deployments")],

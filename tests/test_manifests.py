@@ -146,6 +146,18 @@ def _example_config(tmp_path: Path) -> Path:
     return path
 
 
+def test_pods_running_the_proxy_give_it_time_to_drain() -> None:
+    config = yaml.safe_load(find("ConfigMap", "genesys-token-proxy")["data"]["proxy.yaml"])
+    needed = config["listen"]["shutdown_grace"] + 1  # the proxy exits within grace + 1 s
+    deployments = [d for _, d in manifests() if d["kind"] == "Deployment"]
+    examples = [d for d in deployments if d["metadata"]["name"].startswith("example-app")]
+    assert len(examples) == 2
+    for deployment in examples:
+        spec = deployment["spec"]["template"]["spec"]
+        # The app's own shutdown comes first: leave it more than Kubernetes' default margin.
+        assert spec["terminationGracePeriodSeconds"] >= needed + 30, deployment["metadata"]
+
+
 def test_example_config_map_passes_check_config_with_the_role_variable(tmp_path: Path) -> None:
     path = _example_config(tmp_path)
 

@@ -23,6 +23,7 @@ CONTRACT = {
     "genesys_proxy_vault_requests": ("counter", {"operation", "outcome"}),
     "genesys_proxy_inflight_requests": ("gauge", set()),
     "genesys_proxy_ratelimit_remaining": ("gauge", {"tenant"}),
+    "genesys_proxy_config_reloads": ("counter", {"outcome"}),
 }
 
 

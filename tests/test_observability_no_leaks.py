@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.app import ACCESS_LOG
 from proxy.ops.logs import JsonFormatter, TextFormatter
 from tests.conftest import ProxyHarness
 
@@ -14,7 +15,10 @@ ADMIN_TOKEN = "fake-admin-token-no-leaks-9d41"
 
 
 async def test_page_api_metrics_and_logs_hold_no_secret_or_token(
-    harness: ProxyHarness, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    harness: ProxyHarness,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     admin_token = tmp_path / "admin-token"
@@ -41,8 +45,11 @@ async def test_page_api_metrics_and_logs_hold_no_secret_or_token(
     api = await (await harness.admin.get("/admin/api/tenants", headers=auth)).text()
     metrics = await (await harness.admin.get("/metrics")).text()
     records = caplog.records
+    assert harness.app is not None
+    harness.app[ACCESS_LOG].flush()
+    access = capsys.readouterr().err
     logs = "\n".join(
-        [caplog.text]
+        [caplog.text, access]
         + [JsonFormatter().format(record) for record in records]
         + [TextFormatter().format(record) for record in records]
     )
@@ -51,7 +58,7 @@ async def test_page_api_metrics_and_logs_hold_no_secret_or_token(
     assert good.id in page
     assert good.id in api
     assert f'tenant="{good.id}"' in metrics
-    assert any(r.name == "proxy.access" for r in records)
+    assert " proxy.access request " in access
     tokens = harness.sim.issued_tokens()
     assert handed_out in tokens
     assert len(tokens) >= 3

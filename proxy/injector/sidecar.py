@@ -36,6 +36,8 @@ ADMIN_DIR = "/var/run/secrets/genesys-token-proxy/admin"
 VAULT_TOKEN_DIR = "/var/run/secrets/genesys-token-proxy/vault"  # noqa: S105 (a path)
 ROLE_ENV = "GENESYS_PROXY_VAULT_ROLE"
 RUN_AS = 10001  # the image's `genesys-token-proxy` user
+# The longest the proxy takes to exit after SIGTERM with the default listen.shutdown_grace (20).
+PROXY_SHUTDOWN_SECONDS = 21
 # The projected service-account token is only good for Vault (its audience), and short-lived.
 VAULT_AUDIENCE = "vault"
 VAULT_TOKEN_SECONDS = 3600
@@ -277,13 +279,28 @@ def plan_injection(
     taken = [v["name"] for v in sidecar_volumes(options) if v["name"] in volumes]
     if taken:
         raise InjectionRefused(f"the pod already has a volume named {taken[0]}")
-    return Plan(_patch(pod, spec, options), "injected", _port_warnings(spec, options))
+    warnings = _port_warnings(spec, options) + _grace_warnings(spec)
+    return Plan(_patch(pod, spec, options), "injected", warnings)
 
 
 def _named(items: Any) -> set[str]:
     if not isinstance(items, list):
         return set()
     return {str(item.get("name")) for item in items if isinstance(item, Mapping)}
+
+
+def _grace_warnings(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    # The injector does not read the proxy's ConfigMap: it warns against the default grace. It
+    # does not raise the pod's value: a short one may be deliberate, and only the owner knows
+    # how long the app itself needs.
+    grace = spec.get("terminationGracePeriodSeconds")
+    if isinstance(grace, int) and not isinstance(grace, bool) and grace < PROXY_SHUTDOWN_SECONDS:
+        return (
+            f"the pod's terminationGracePeriodSeconds ({grace}) is less than the "
+            f"{PROXY_SHUTDOWN_SECONDS} s the {CONTAINER_NAME} sidecar may need to drain "
+            "(listen.shutdown_grace 20 + 1): requests in flight may be cut",
+        )
+    return ()
 
 
 def _port_warnings(spec: Mapping[str, Any], options: SidecarOptions) -> tuple[str, ...]:

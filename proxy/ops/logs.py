@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 
-from proxy.config import LogConfig
+from proxy.config import Config, LogConfig
 
 _BARE = vars(logging.LogRecord("", 0, "", 0, "", None, None))
 # Attributes every LogRecord has; anything else was passed in `extra` and is a structured field.
@@ -25,11 +25,11 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
 
 
 def _utc(record: logging.LogRecord) -> str:
-    return _utc_second(int(record.created))
+    return utc_second(int(record.created))
 
 
 @functools.lru_cache(maxsize=4)
-def _utc_second(second: int) -> str:
+def utc_second(second: int) -> str:
     # Lines come many per second: format each second once.
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
@@ -75,3 +75,10 @@ def configure_logging(config: LogConfig) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if config.level != "debug":
         logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+class LoggingSettings:
+    """`log.level` and `log.format` as a reloadable component (proxy.reload.Reconfigurable)."""
+
+    def reconfigure(self, config: Config) -> None:
+        configure_logging(config.log)

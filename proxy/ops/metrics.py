@@ -58,6 +58,7 @@ VAULT_REQUESTS = "genesys_proxy_vault_requests_total"
 INFLIGHT = "genesys_proxy_inflight_requests"
 RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
 VAULT_UP = "genesys_proxy_vault_up"
+CONFIG_RELOADS = "genesys_proxy_config_reloads_total"
 
 
 class TokenStates(Protocol):
@@ -205,6 +206,14 @@ class Metrics:
                 "1 while Vault answers the proxy, 0 while it is unavailable or not reached yet.",
                 registry=registry,
             )
+        self.config_reloads = Counter(
+            CONFIG_RELOADS,
+            "Config reloads (SIGHUP or a changed --config file), by outcome (success, error).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("success", "error"):
+            self.config_reloads.labels(outcome)  # both series from the start, at 0
         self._inflight = 0
         self.inflight = Gauge(
             INFLIGHT, "Requests being handled on the proxy listener.", registry=registry
@@ -248,6 +257,11 @@ class Metrics:
     def vault_state(self, up: bool) -> None:
         if self.vault_up is not None:
             self.vault_up.set(1 if up else 0)
+
+    # -- hooks: the reloader (proxy.reload.Reloader) ---------------------------------------------
+
+    def config_reload(self, outcome: str) -> None:
+        self.config_reloads.labels(outcome).inc()
 
     # -- hooks: requests and their upstream answers ----------------------------------------------
 

@@ -8,6 +8,8 @@ Everything under `/api/v2/sim/` exists only in the simulator, so tests can see w
 - `GET /api/v2/sim/blob?bytes=N[&gzip=1]`: N deterministic bytes (`blob_content(N)`), streamed in
   64 KiB chunks with a Content-Length; with `gzip=1` precompressed, with `Content-Encoding: gzip`.
 - `<any method> /api/v2/sim/slow?seconds=S`: answers after S seconds.
+- `GET /api/v2/sim/trickle?chunks=N&interval=S`: a chunked download of N 16-byte chunks, one
+  every S seconds (a slow download, to test what shutdown does to an answer still streaming).
 - `<any method> /api/v2/sim/status/{code}`: answers that status with an error body.
 """
 
@@ -25,6 +27,8 @@ from proxy.simulator.model import IssuedToken, SimClient
 MAX_BLOB_BYTES = 1024 * 1024 * 1024
 MAX_GZIP_BLOB_BYTES = 64 * 1024 * 1024
 MAX_SLOW_SECONDS = 300.0
+MAX_TRICKLE_CHUNKS = 100_000
+TRICKLE_CHUNK = b"trickle-chunk-0\n"
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 _ERROR_CODES = {
@@ -117,6 +121,8 @@ async def _route(call: ApiCall, client: SimClient) -> web.StreamResponse:
             seconds = _float_param(query, "seconds", high=MAX_SLOW_SECONDS)
             await asyncio.sleep(seconds)
             return call.json({"slept": seconds})
+        case ("GET", "sim", "trickle"):
+            return await _trickle(call)
         case (_, "sim", "status", code):
             return _simulated_status(call, code)
         case _:
@@ -159,6 +165,20 @@ async def _blob(call: ApiCall) -> web.StreamResponse:
             await response.write(directory.blob_chunk(index))
         if rest:
             await response.write(directory.blob_chunk(full, rest))
+    await response.write_eof()
+    return response
+
+
+async def _trickle(call: ApiCall) -> web.StreamResponse:
+    chunks = _int_param(call.request.query, "chunks", low=0, high=MAX_TRICKLE_CHUNKS)
+    interval = _float_param(call.request.query, "interval", high=MAX_SLOW_SECONDS)
+    response = web.StreamResponse(headers=call.response_headers)
+    response.content_type = "application/octet-stream"
+    response.enable_chunked_encoding()
+    await response.prepare(call.request)
+    for _ in range(chunks):
+        await response.write(TRICKLE_CHUNK)
+        await asyncio.sleep(interval)
     await response.write_eof()
     return response
 
