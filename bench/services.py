@@ -2,6 +2,7 @@
 
 nginx_upstream   the fast upstream: nginx answering a small JSON body on every path
 nginx_proxy      the practical limit: nginx forwarding with a static Authorization header
+passthrough      the framework's own cost: a plain aiohttp pass-through on uvloop, static header
 openbao          a real `bao server -dev` with a file audit device, to count Vault reads
 simulator        the project's Genesys simulator (login service and API) in its own process
 token_proxy      genesys-token-proxy itself: `python -m proxy serve --config FILE`
@@ -154,6 +155,24 @@ def nginx_proxy(nginx: str, work: Path, upstream_port: int, domain: str) -> Iter
     )
     with _nginx("nginx proxy", nginx, work, server, port) as service:
         yield service
+
+
+# -- the plain aiohttp pass-through ---------------------------------------------------------------
+
+
+@contextmanager
+def passthrough(work: Path, upstream_url: str) -> Iterator[Service]:
+    """`python -m bench.passthrough` forwarding `/x` to `upstream_url` + `/x`, static token."""
+    work.mkdir(parents=True)
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.passthrough", "--port", str(port)]
+    argv += ["--upstream", upstream_url]
+    env = dict(os.environ, BENCH_PASSTHROUGH_TOKEN=STATIC_TOKEN)
+    with started(
+        "aiohttp pass-through", argv, work / "passthrough.log", env=env, cwd=REPO
+    ) as child:
+        wait_for_port(child, port)
+        yield Service(child, port)
 
 
 # -- OpenBao -------------------------------------------------------------------------------------
