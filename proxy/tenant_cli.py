@@ -21,7 +21,7 @@ import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import aiohttp
 
@@ -32,7 +32,10 @@ from proxy.ops.logs import configure_logging
 from proxy.regions import DOMAINS, REGIONS, resolve_region
 from proxy.tenants.credentials import parse_record
 from proxy.tenants.tokens import GenesysTokenFetcher
-from proxy.vault.session import VaultSession
+
+if TYPE_CHECKING:
+    # `serve` imports this module for its subcommands' flags: hvac only when a command runs.
+    from proxy.vault.session import VaultSession
 
 MASK = "********"
 LIST_CONCURRENCY = 8
@@ -324,6 +327,8 @@ class TenantCommand:
         print(json.dumps(data, indent=2) if self._as_json else text)
 
     def _session(self) -> _OpenSession:
+        from proxy.vault.session import VaultSession
+
         return _OpenSession(VaultSession(self._config.vault))
 
 
