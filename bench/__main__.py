@@ -1,4 +1,4 @@
-"""`python -m bench [sidecar|token-path|profile|instructions] ...`; bench/run is the command."""
+"""`python -m bench [sidecar|token-path|profile|instructions|compare] ...`: bench/run runs it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import instructions, profile, sidecar, token_path
+from bench import compare, instructions, profile, sidecar, token_path
 from bench.procs import BenchError
 
-COMMANDS = ("sidecar", "token-path", "profile", "instructions")
+COMMANDS = ("sidecar", "token-path", "profile", "instructions", "compare")
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
@@ -94,6 +94,19 @@ def _parser() -> argparse.ArgumentParser:
     count.add_argument(
         "--requests", type=_positive(int), default=300, help="requests counted (300)"
     )
+    versus = commands.add_parser(
+        "compare",
+        parents=[common],
+        help="CPU per request of this tree's proxy against another revision's, interleaved",
+    )
+    versus.add_argument("--against", required=True, help="git revision to compare with")
+    versus.add_argument("--rounds", type=_positive(int), default=6, help="rounds (6)")
+    versus.add_argument(
+        "--duration", type=_positive(float), default=4.0, help="seconds per load (4)"
+    )
+    versus.add_argument(
+        "--connections", type=_positive(int), default=32, help="wrk connections (32)"
+    )
     return parser
 
 
@@ -116,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.tenants, args.per_tenant, args.memory_tenants, args.memory_source
             )
             return token_path.run(path_settings, workdir=workdir)
+        if args.command == "compare":
+            versus = compare.Settings(args.against, args.rounds, args.duration, args.connections)
+            return compare.run(versus, install=not args.no_install, workdir=workdir)
         if args.command == "instructions":
             count_settings = instructions.Settings(args.requests)
             return instructions.run(count_settings, install=not args.no_install, workdir=workdir)

@@ -165,6 +165,30 @@ def resident(pids: Sequence[int]) -> Resident:
     return Resident(mib["VmRSS"], mib["RssAnon"], mib["RssFile"], mib["RssShmem"])
 
 
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds the processes have used so far."""
+    user = system = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        fields = stat[stat.rindex(")") + 2 :].split()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def syscalls(pids: Sequence[int]) -> tuple[int, int]:
+    """(read-like, write-like) system calls the processes have made (/proc/<pid>/io)."""
+    reads = writes = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/io").read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(":")
+            if name == "syscr":
+                reads += int(value)
+            elif name == "syscw":
+                writes += int(value)
+    return reads, writes
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     """Resident memory of the processes, summed (a page they share counts once per process)."""
     total = 0

@@ -310,10 +310,12 @@ def token_proxy(
     *,
     wrapper: Sequence[str] = (),
     start_timeout: float = 30.0,
+    source: Path = REPO,
 ) -> Iterator[TokenProxy]:
     """`python -m proxy serve` with `config` plus free loopback ports; ready when it yields.
 
-    `wrapper` goes before the command (valgrind, say).
+    `wrapper` goes before the command (valgrind, say); `source` is the tree whose `proxy`
+    package runs (another revision's, say).
     """
     work.mkdir(parents=True)
     port, admin_port = free_port(), free_port()
@@ -324,7 +326,7 @@ def token_proxy(
     config_path.write_text(yaml.safe_dump(full), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "GENESYS_PROXY_"))}
     argv = [*wrapper, sys.executable, "-m", "proxy", "serve", "--config", str(config_path)]
-    with started("genesys-token-proxy", argv, work / "proxy.log", env=env, cwd=REPO) as child:
+    with started("genesys-token-proxy", argv, work / "proxy.log", env=env, cwd=source) as child:
         wait_for_port(child, admin_port, start_timeout)
         _wait_for_status(
             child, f"http://127.0.0.1:{admin_port}/readyz", {200}, timeout=start_timeout
