@@ -66,7 +66,8 @@ def run_probe(config: dict[str, object], tmp_path: Path) -> dict[str, object]:
         check=False,
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("PROBE ")), None)
-    assert done.returncode == 0 and line is not None, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert line is not None, done.stdout[-2000:]
     result: dict[str, object] = json.loads(line.removeprefix("PROBE "))
     return result
 
@@ -86,6 +87,7 @@ def test_serve_on_the_file_source_imports_no_vault_client_and_jinja2_only_for_th
     seen = run_probe(config, tmp_path)
 
     assert seen["serving"] == []
-    assert seen["page_status"] == 200 and seen["page_has_title"]
+    assert seen["page_status"] == 200
+    assert seen["page_has_title"]
     # The page is still rendered by aiohttp-jinja2, imported when it was needed.
     assert seen["after_page"] == ["aiohttp_jinja2", "jinja2"]
