@@ -1,4 +1,4 @@
-"""`python -m bench [sidecar|token-path] ...`: run a benchmark (bench/run is the one command)."""
+"""`python -m bench [sidecar|token-path|profile|instructions|compare] ...`: bench/run runs it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import profile, sidecar, token_path
+from bench import compare, instructions, profile, sidecar, token_path
 from bench.procs import BenchError
 
-COMMANDS = ("sidecar", "token-path", "profile")
+COMMANDS = ("sidecar", "token-path", "profile", "instructions", "compare")
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
@@ -86,6 +86,27 @@ def _parser() -> argparse.ArgumentParser:
         "--rate", type=_positive(int), default=200, help="py-spy samples per second (200)"
     )
     prof.add_argument("--top", type=_positive(int), default=25, help="rows per ranking (25)")
+    count = commands.add_parser(
+        "instructions",
+        parents=[common],
+        help="instructions per request of the proxy and the pass-through (valgrind callgrind)",
+    )
+    count.add_argument(
+        "--requests", type=_positive(int), default=300, help="requests counted (300)"
+    )
+    versus = commands.add_parser(
+        "compare",
+        parents=[common],
+        help="CPU per request of this tree's proxy against another revision's, interleaved",
+    )
+    versus.add_argument("--against", required=True, help="git revision to compare with")
+    versus.add_argument("--rounds", type=_positive(int), default=6, help="rounds (6)")
+    versus.add_argument(
+        "--duration", type=_positive(float), default=4.0, help="seconds per load (4)"
+    )
+    versus.add_argument(
+        "--connections", type=_positive(int), default=32, help="wrk connections (32)"
+    )
     return parser
 
 
@@ -108,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.tenants, args.per_tenant, args.memory_tenants, args.memory_source
             )
             return token_path.run(path_settings, workdir=workdir)
+        if args.command == "compare":
+            versus = compare.Settings(args.against, args.rounds, args.duration, args.connections)
+            return compare.run(versus, install=not args.no_install, workdir=workdir)
+        if args.command == "instructions":
+            count_settings = instructions.Settings(args.requests)
+            return instructions.run(count_settings, install=not args.no_install, workdir=workdir)
         if args.command == "profile":
             profile_settings = profile.Settings(
                 args.duration, args.connections, args.rate, args.top

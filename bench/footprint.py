@@ -2,7 +2,11 @@
 
 Starts the Genesys simulator and the real proxy (`genesys-token-proxy serve`, file credentials)
 as separate processes, then reads the proxy's RSS and CPU time from /proc: once idle, once while a
-bounded number of requests for many tenants go through it.
+bounded number of requests for many tenants go through it. Resident memory is shown as
+/proc/<pid>/status splits it: anonymous (the process's own heap and objects: what each pod pays),
+file-backed (shared libraries and extension modules, which pods of one image on a node can share
+through the page cache) and shared memory. For comparison, the idle memory of the plain aiohttp
+pass-through (`bench.passthrough`: aiohttp and uvloop, nothing of the proxy's own).
 
     python bench/footprint.py [--tenants 50] [--requests 20000] [--concurrency 32]
 """
@@ -24,6 +28,7 @@ import aiohttp
 import yaml
 
 TICKS = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def find_free_port() -> int:
@@ -33,12 +38,50 @@ def find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def rss_mib(pid: int) -> float:
-    """Resident set size of `pid` in MiB."""
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS and its parts RssAnon, RssFile, RssShmem of `pid`, in MiB."""
+    found: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            found[name] = int(value.split()[0]) / 1024
+    if "VmRSS" not in found:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return found
+
+
+def memory_text(pid: int) -> str:
+    """`RSS 45.9 MiB (anon 30.4, file 15.6, shmem 0.0)`."""
+    m = memory_mib(pid)
+    return (
+        f"RSS {m['VmRSS']:6.1f} MiB (anon {m.get('RssAnon', 0):5.1f}, "
+        f"file {m.get('RssFile', 0):5.1f}, shmem {m.get('RssShmem', 0):4.1f})"
+    )
+
+
+async def passthrough_idle(upstream: str, seconds: float) -> str:
+    """The plain aiohttp pass-through's memory once started and idle for `seconds`."""
+    port = find_free_port()
+    env = dict(os.environ, BENCH_PASSTHROUGH_TOKEN=secrets.token_urlsafe(16))
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", upstream),
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(seconds)
+        return memory_text(process.pid)
+    finally:
+        process.terminate()
+        await process.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,18 +178,20 @@ async def main() -> None:
         try:
             await wait_ready(f"http://127.0.0.1:{admin_port}/readyz")
             base = f"http://127.0.0.1:{port}"
-            print(f"started:      RSS {rss_mib(proxy.pid):6.1f} MiB")
+            print(f"started:      {memory_text(proxy.pid)}")
             cpu0 = cpu_seconds(proxy.pid)
             await asyncio.sleep(args.idle_seconds)
             idle_cpu = (cpu_seconds(proxy.pid) - cpu0) / args.idle_seconds
-            print(f"idle:         RSS {rss_mib(proxy.pid):6.1f} MiB, CPU {idle_cpu * 1000:.1f} m")
+            print(f"idle:         {memory_text(proxy.pid)}, CPU {idle_cpu * 1000:.1f} m")
+            plain = await passthrough_idle(sim_url + "/api/mypurecloud.ie", args.idle_seconds)
+            print(f"pass-through: {plain} (idle, for comparison)")
             await load(base, tenants, args.tenants * 2, 8)  # every tenant has a token
-            print(f"warm:         RSS {rss_mib(proxy.pid):6.1f} MiB ({args.tenants} tenants)")
+            print(f"warm:         {memory_text(proxy.pid)} ({args.tenants} tenants)")
             cpu0, t0 = cpu_seconds(proxy.pid), time.monotonic()
             ok = await load(base, tenants, args.requests, args.concurrency)
             wall, cpu = time.monotonic() - t0, cpu_seconds(proxy.pid) - cpu0
             print(
-                f"loaded:       RSS {rss_mib(proxy.pid):6.1f} MiB after {ok}/{args.requests} OK,"
+                f"loaded:       {memory_text(proxy.pid)} after {ok}/{args.requests} OK,"
                 f" {args.requests / wall:.0f} req/s, CPU {cpu / wall * 1000:.0f} m,"
                 f" {cpu / args.requests * 1000:.2f} CPU-ms per request"
             )

@@ -138,6 +138,57 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+@dataclass(frozen=True)
+class Resident:
+    """Resident memory split as /proc/<pid>/status does, in MiB, summed over processes.
+
+    `anon` is the process's own (heap, Python objects): what each pod pays. `file` is mapped
+    files (shared libraries, extension modules), which pods running the same image on one node
+    can share through the page cache; `shmem` is shared memory.
+    """
+
+    total: float
+    anon: float
+    file: float
+    shmem: float
+
+
+def resident(pids: Sequence[int]) -> Resident:
+    """VmRSS, RssAnon, RssFile and RssShmem of the processes, summed."""
+    fields = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(":")
+            if name in fields:
+                fields[name] += int(value.split()[0])  # kB
+    mib = {name: kb / 1024 for name, kb in fields.items()}
+    return Resident(mib["VmRSS"], mib["RssAnon"], mib["RssFile"], mib["RssShmem"])
+
+
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds the processes have used so far."""
+    user = system = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        fields = stat[stat.rindex(")") + 2 :].split()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def syscalls(pids: Sequence[int]) -> tuple[int, int]:
+    """(read-like, write-like) system calls the processes have made (/proc/<pid>/io)."""
+    reads = writes = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/io").read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(":")
+            if name == "syscr":
+                reads += int(value)
+            elif name == "syscw":
+                writes += int(value)
+    return reads, writes
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     """Resident memory of the processes, summed (a page they share counts once per process)."""
     total = 0

@@ -2,6 +2,7 @@
 
 nginx_upstream   the fast upstream: nginx answering a small JSON body on every path
 nginx_proxy      the practical limit: nginx forwarding with a static Authorization header
+passthrough      the framework's own cost: a plain aiohttp pass-through on uvloop, static header
 openbao          a real `bao server -dev` with a file audit device, to count Vault reads
 simulator        the project's Genesys simulator (login service and API) in its own process
 token_proxy      genesys-token-proxy itself: `python -m proxy serve --config FILE`
@@ -156,6 +157,29 @@ def nginx_proxy(nginx: str, work: Path, upstream_port: int, domain: str) -> Iter
         yield service
 
 
+# -- the plain aiohttp pass-through ---------------------------------------------------------------
+
+
+@contextmanager
+def passthrough(
+    work: Path, upstream_url: str, *, wrapper: Sequence[str] = (), start_timeout: float = 20.0
+) -> Iterator[Service]:
+    """`python -m bench.passthrough` forwarding `/x` to `upstream_url` + `/x`, static token.
+
+    `wrapper` goes before the command (valgrind, say).
+    """
+    work.mkdir(parents=True)
+    port = free_port()
+    argv = [*wrapper, sys.executable, "-m", "bench.passthrough", "--port", str(port)]
+    argv += ["--upstream", upstream_url]
+    env = dict(os.environ, BENCH_PASSTHROUGH_TOKEN=STATIC_TOKEN)
+    with started(
+        "aiohttp pass-through", argv, work / "passthrough.log", env=env, cwd=REPO
+    ) as child:
+        wait_for_port(child, port, start_timeout)
+        yield Service(child, port)
+
+
 # -- OpenBao -------------------------------------------------------------------------------------
 
 
@@ -280,8 +304,19 @@ class TokenProxy:
 
 
 @contextmanager
-def token_proxy(work: Path, config: Mapping[str, Any]) -> Iterator[TokenProxy]:
-    """`python -m proxy serve` with `config` plus free loopback ports; ready when it yields."""
+def token_proxy(
+    work: Path,
+    config: Mapping[str, Any],
+    *,
+    wrapper: Sequence[str] = (),
+    start_timeout: float = 30.0,
+    source: Path = REPO,
+) -> Iterator[TokenProxy]:
+    """`python -m proxy serve` with `config` plus free loopback ports; ready when it yields.
+
+    `wrapper` goes before the command (valgrind, say); `source` is the tree whose `proxy`
+    package runs (another revision's, say).
+    """
     work.mkdir(parents=True)
     port, admin_port = free_port(), free_port()
     full = dict(config)
@@ -290,10 +325,12 @@ def token_proxy(work: Path, config: Mapping[str, Any]) -> Iterator[TokenProxy]:
     config_path = work / "proxy.yaml"
     config_path.write_text(yaml.safe_dump(full), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "GENESYS_PROXY_"))}
-    argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config_path)]
-    with started("genesys-token-proxy", argv, work / "proxy.log", env=env, cwd=REPO) as child:
-        wait_for_port(child, admin_port)
-        _wait_for_status(child, f"http://127.0.0.1:{admin_port}/readyz", {200})
+    argv = [*wrapper, sys.executable, "-m", "proxy", "serve", "--config", str(config_path)]
+    with started("genesys-token-proxy", argv, work / "proxy.log", env=env, cwd=source) as child:
+        wait_for_port(child, admin_port, start_timeout)
+        _wait_for_status(
+            child, f"http://127.0.0.1:{admin_port}/readyz", {200}, timeout=start_timeout
+        )
         yield TokenProxy(Service(child, port), admin_port)
 
 

@@ -23,7 +23,7 @@ import aiohttp
 import yaml
 
 from bench import report
-from bench.procs import BenchError, rss_bytes
+from bench.procs import BenchError, resident
 from bench.services import OpenBao, openbao, simulator, token_proxy
 
 REQUEST_PATH = "/api/v2/organizations/me"
@@ -118,8 +118,10 @@ def run(settings: Settings, *, workdir: Path) -> int:
         mem = result["memory"]
         print(
             f"memory: {mem['tenants']} tenants cached ({mem['source']} source, warmed in "
-            f"{mem['warm_seconds']:.1f} s): RSS {mem['rss_mb']:.1f} MB, idle "
-            f"{mem['rss_idle_mb']:.1f} MB, {mem['kb_per_tenant']:.2f} KB per tenant"
+            f"{mem['warm_seconds']:.1f} s): RSS {mem['rss_mb']:.1f} MB "
+            f"(anon {mem['rss_anon_mb']:.1f} + file {mem['rss_file_mb']:.1f}), idle "
+            f"{mem['rss_idle_mb']:.1f} MB (anon {mem['rss_idle_anon_mb']:.1f} + file "
+            f"{mem['rss_idle_file_mb']:.1f}), {mem['kb_per_tenant']:.2f} KB per tenant"
         )
     print(json.dumps(result, separators=(",", ":")))
     ok = burst["ok"] and result.get("memory", {}).get("ok", True)
@@ -175,10 +177,10 @@ def _memory(bao: OpenBao, settings: Settings, work: Path) -> dict[str, Any]:
         config["genesys"] = _proxy_config(sim.api_url_template, sim.login_url_template)["genesys"]
         proxy = stack.enter_context(token_proxy(work / "proxy", config))
         pid = [proxy.service.child.pid]
-        idle = rss_bytes(pid)
+        idle = resident(pid)
         print(f"bench: one request for each of {count} tenants", file=sys.stderr, flush=True)
         warmed = asyncio.run(warm(proxy.service.url, tenants, WARM_CONCURRENCY))
-        cached = rss_bytes(pid)
+        cached = resident(pid)
         issued = sim.counters()["tokens_issued"]
     if not warmed.all_ok:
         raise BenchError(f"warming {count} tenants got statuses {warmed.statuses}")
@@ -187,9 +189,13 @@ def _memory(bao: OpenBao, settings: Settings, work: Path) -> dict[str, Any]:
         "source": settings.memory_source,
         "warm_seconds": warmed.seconds,
         "tokens_issued": issued,
-        "rss_idle_mb": idle / 2**20,
-        "rss_mb": cached / 2**20,
-        "kb_per_tenant": (cached - idle) / 1024 / count,
+        "rss_idle_mb": idle.total,
+        "rss_idle_anon_mb": idle.anon,
+        "rss_idle_file_mb": idle.file,
+        "rss_mb": cached.total,
+        "rss_anon_mb": cached.anon,
+        "rss_file_mb": cached.file,
+        "kb_per_tenant": (cached.total - idle.total) * 1024 / count,
         "ok": issued == count,
     }
 

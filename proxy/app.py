@@ -37,7 +37,6 @@ from proxy.tenants.credentials import (
     create_credential_source,
 )
 from proxy.tenants.tokens import GenesysTokenFetcher, TokenManager
-from proxy.vault.renewal import VaultRenewer
 
 log = logging.getLogger("proxy.app")
 
@@ -157,6 +156,8 @@ async def _vault_renewal_ctx(app: web.Application) -> AsyncIterator[None]:
     if not isinstance(source, VaultCredentialSource):
         yield
         return
+    from proxy.vault.renewal import VaultRenewer  # hvac: only with the Vault source
+
     async with VaultRenewer(source.session).running():
         yield
 

@@ -21,7 +21,7 @@ import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import aiohttp
 
@@ -33,7 +33,10 @@ from proxy.regions import DOMAINS, REGIONS, resolve_region
 from proxy.tenants.credentials import parse_record
 from proxy.tenants.ids import check_tenant_id, shown_tenant
 from proxy.tenants.tokens import GenesysTokenFetcher
-from proxy.vault.admin_ops import VaultAdmin
+
+if TYPE_CHECKING:
+    # `serve` imports this module for its subcommands' flags: hvac only when a command runs.
+    from proxy.vault.admin_ops import VaultAdmin
 
 MASK = "********"
 LIST_CONCURRENCY = 8
@@ -328,6 +331,8 @@ class TenantCommand:
         print(json.dumps(data, indent=2) if self._as_json else text)
 
     def _session(self) -> VaultAdmin:
+        from proxy.vault.admin_ops import VaultAdmin
+
         return VaultAdmin(self._config.vault)
 
 

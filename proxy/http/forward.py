@@ -63,6 +63,12 @@ HOP_BY_HOP = frozenset(
 # Bodies up to this size are read before forwarding, so a 401 can be answered by a replay.
 REPLAY_BUFFER_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
+# Answers with a Content-Length up to this are read whole and sent in one write (head and body
+# together); streamed, the head and each chunk were a socket write of their own. Larger answers,
+# and those without a length, stream.
+WHOLE_ANSWER_BYTES = STREAM_CHUNK_BYTES
+# Statuses whose answers have no body (RFC 9110 section 6.4.1).
+_NO_BODY_STATUSES = frozenset({204, 304})
 # The methods of a REST API. Anything else (TRACE, WebDAV, made-up tokens) is refused rather
 # than sent to Genesys with a live token attached.
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -251,7 +257,7 @@ class Forwarder:
                     self.observer.upstream_retried(request, tenant, "unauthorized")
                 token = await self.tokens.get(tenant)
                 upstream = await self._attempt(request, tenant, token, body)
-        return await self._relay(request, upstream)
+        return await self._relay(request, tenant, upstream)
 
     async def _attempt(
         self,
@@ -352,10 +358,19 @@ class Forwarder:
         return headers
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, tenant: str, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         """Stream the upstream answer back unchanged, minus hop-by-hop headers."""
         try:
+            length = upstream.content_length
+            if (
+                length is not None
+                and length <= WHOLE_ANSWER_BYTES
+                and request.method != "HEAD"
+                and upstream.status >= 200
+                and upstream.status not in _NO_BODY_STATUSES
+            ):
+                return await self._whole_answer(tenant, upstream)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             drop = _with_connection_names(HOP_BY_HOP, upstream.headers)
             for name, value in upstream.headers.items():
@@ -384,6 +399,30 @@ class Forwarder:
             return response
         finally:
             upstream.release()
+
+    async def _whole_answer(self, tenant: str, upstream: aiohttp.ClientResponse) -> web.Response:
+        """A small answer, read whole: aiohttp sends its head and body in one write."""
+        # Nothing is sent to the app yet: if the answer breaks off, the app gets a contract
+        # error rather than the cut-off answer a streamed one can only give.
+        try:
+            body = await upstream.read()
+        except TimeoutError as exc:  # aiohttp's read timeout is a TimeoutError too
+            raise UpstreamTimeout(
+                f"Genesys Cloud ({upstream.url.host}) stopped sending its answer", tenant=tenant
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(
+                f"Genesys Cloud's answer ({upstream.url.host}) broke off before its end",
+                tenant=tenant,
+            ) from exc
+        drop = _with_connection_names(HOP_BY_HOP, upstream.headers)
+        # A list: web.Response builds its own CIMultiDict from it.
+        headers = [
+            (name, value) for name, value in upstream.headers.items() if name.lower() not in drop
+        ]
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=body
+        )
 
 
 def _with_connection_names(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:

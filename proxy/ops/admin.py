@@ -21,11 +21,9 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
-import aiohttp_jinja2
-import jinja2
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
@@ -35,6 +33,9 @@ from proxy.errors import ProxyError, UnknownTenant
 from proxy.http.forward import TenantResolver, error_response
 from proxy.ops.admin_auth import SESSION_COOKIE, SESSION_SECONDS, AdminAccess
 from proxy.tenants.credentials import VaultCredentialSource
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = logging.getLogger("proxy.ops.admin")
 
@@ -205,7 +206,7 @@ def _refusal(api: bool, status: int, code: str, message: str) -> web.Response:
 
 def _login_page(request: web.Request, *, status: int, failed: bool = False) -> web.Response:
     context = {"failed": failed, "version": __version__}
-    return aiohttp_jinja2.render_template("login.html", request, context, status=status)
+    return _render("login.html", request, context, status=status)
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ async def page(request: web.Request) -> web.Response:
         "notice_code": code if _ERROR_CODE.fullmatch(code) else "error",
         "now": time.time(),
     }
-    return aiohttp_jinja2.render_template("admin.html", request, context)
+    return _render("admin.html", request, context)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -341,15 +342,7 @@ def create_admin_app(proxy_app: web.Application, *, page_refresh: int = 15) -> w
     app[PROXY_APP] = proxy_app
     app[ACCESS] = access
     app[PAGE_REFRESH] = page_refresh
-    aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.PackageLoader("proxy.ops", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    filters = aiohttp_jinja2.get_env(app).filters
-    filters["utc"] = _utc
-    filters["duration"] = format_duration
+    app[TEMPLATES] = PageTemplates()
 
     async def announce(app: web.Application) -> None:
         (log.warning if access.mode == "refused" else log.info)(access.describe())
@@ -366,6 +359,47 @@ def create_admin_app(proxy_app: web.Application, *, page_refresh: int = 15) -> w
     app.router.add_post("/admin/api/tenants/{tenant}/refresh", api_refresh)
     app.router.add_delete("/admin/api/tenants/{tenant}", api_evict)
     return app
+
+
+class PageTemplates:
+    """The page's jinja2 environment, built when a page is first rendered, not at start.
+
+    aiohttp-jinja2 renders the pages (`_render`) and finds this object under its app key; all it
+    asks of it is `get_template`. jinja2 and aiohttp-jinja2 are imported at that first render:
+    about 2 MB of resident memory that a sidecar whose page is never opened does not carry.
+    (aiohttp-jinja2's `setup` cannot be called then: the app's state is frozen once it runs.)
+    """
+
+    def __init__(self) -> None:
+        self._env: jinja2.Environment | None = None
+
+    def get_template(self, name: str) -> jinja2.Template:
+        if self._env is None:
+            import jinja2
+
+            env = jinja2.Environment(
+                loader=jinja2.PackageLoader("proxy.ops", "templates"),
+                autoescape=True,
+                undefined=jinja2.StrictUndefined,
+            )
+            env.filters["utc"] = _utc
+            env.filters["duration"] = format_duration
+            self._env = env
+        return self._env.get_template(name)
+
+
+TEMPLATES = web.AppKey("admin_templates", PageTemplates)
+
+
+def _render(
+    name: str, request: web.Request, context: dict[str, Any], *, status: int = 200
+) -> web.Response:
+    """The template `name` rendered by aiohttp-jinja2 as an HTML answer."""
+    import aiohttp_jinja2  # imports jinja2: at the first render (see PageTemplates)
+
+    # aiohttp-jinja2 types its key as holding a jinja2.Environment; PageTemplates stands in.
+    key = cast("web.AppKey[jinja2.Environment]", TEMPLATES)
+    return aiohttp_jinja2.render_template(name, request, context, app_key=key, status=status)
 
 
 def format_duration(seconds: float) -> str:
