@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.app import RUNTIME, create_app
 from proxy.config import Config
+from proxy.errors import StartupError
 from proxy.http.listener import listener_options
 from proxy.ops.admin import create_admin_app
 
@@ -26,10 +27,6 @@ log = logging.getLogger("proxy.server")
 
 # Allocations (minus deallocations) between first-generation collections; CPython's is 700.
 GC_THRESHOLD = 20_000
-
-
-class StartupError(Exception):
-    """The daemon cannot start (a port in use, say); the message is one line for the operator."""
 
 
 class Server:
