@@ -42,6 +42,7 @@ log = logging.getLogger("proxy.simulator")
 CORRELATION_HEADER = "ININ-Correlation-Id"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 SEEN_REQUESTS_KEPT = 10_000
+KEPT_BODY_BYTES = 1024 * 1024
 # Shown as `inin-ratelimit-allowed` when the simulator runs without an API rate limit.
 UNLIMITED = 2**31 - 1
 
@@ -63,10 +64,14 @@ class GenesysSimulator:
         api_requests_per_minute: int | None = 300,
         token_requests_per_minute: int = 300,
         clock: Callable[[], float] = time.time,
+        reveal_tokens: bool = True,
     ) -> None:
         if api_requests_per_minute is not None and api_requests_per_minute < 1:
             raise ValueError("api_requests_per_minute must be at least 1, or None for no limit")
         self._api_limit = api_requests_per_minute
+        # False: the echo endpoint masks bearer tokens (the demo prints its answers).
+        self._reveal_tokens = reveal_tokens
+        self.users = directory.UserStore()
         self._clock = clock
         self._login_limiter = SlidingWindowLimiter(token_requests_per_minute, clock)
         self._clients: dict[str, SimClient] = {}
@@ -322,12 +327,14 @@ class GenesysSimulator:
             path="/" + tail,
             correlation_id=correlation_id,
             response_headers={CORRELATION_HEADER: correlation_id},
+            users=self.users,
+            reveal_tokens=self._reveal_tokens,
         )
         rejection = self._authenticate(call)
         self._api_requests[call.token.client_id if call.token else None] += 1
         status = 499  # recorded if the client goes away before an answer
         try:
-            call.body_length, call.body_sha256 = await _digest_body(request)
+            call.body_length, call.body_sha256, call.body = await _digest_body(request)
             response = rejection or await self._answer(call)
             status = response.status
             return response
@@ -418,14 +425,19 @@ def _parse_basic(header: str) -> tuple[str, str] | None:
     return (client_id, secret) if colon and client_id else None
 
 
-async def _digest_body(request: web.Request) -> tuple[int, str]:
-    """Read the request body as a stream: (length, sha256 hex)."""
+async def _digest_body(request: web.Request) -> tuple[int, str, bytes | None]:
+    """Read the request body as a stream: (length, sha256 hex, the body if at most 1 MiB)."""
     digest = hashlib.sha256()
     length = 0
+    kept: list[bytes] | None = []
     async for chunk in request.content.iter_chunked(64 * 1024):
         digest.update(chunk)
         length += len(chunk)
-    return length, digest.hexdigest()
+        if kept is not None:
+            kept.append(chunk)
+            if length > KEPT_BODY_BYTES:
+                kept = None
+    return length, digest.hexdigest(), b"".join(kept) if kept is not None else None
 
 
 def _oauth_error(
