@@ -2,6 +2,7 @@
 
 Regions are told apart by a path prefix holding the region's domain:
 
+    GET  /healthz                         200 while it serves
     POST /login/{domain}/oauth/token      the login service of region {domain}
     *    /api/{domain}/api/v2/...         its API (endpoints in `proxy.simulator.endpoints`)
 
@@ -87,6 +88,7 @@ class GenesysSimulator:
         self._base_url: str | None = None
         self.requests: collections.deque[SeenRequest] = collections.deque(maxlen=SEEN_REQUESTS_KEPT)
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.app.router.add_get("/healthz", _handle_health)
         self.app.router.add_post("/login/{domain}/oauth/token", self._handle_login)
         self.app.router.add_route("*", "/api/{domain}/{tail:.*}", self._handle_api)
 
@@ -405,6 +407,11 @@ class GenesysSimulator:
         )
         if status == 401:
             self._api_401s += 1
+
+
+async def _handle_health(request: web.Request) -> web.Response:
+    """200 once the simulator serves: what a script waits for after starting it."""
+    return web.json_response({"status": "ok"})
 
 
 def _new_token() -> str:
