@@ -118,7 +118,14 @@ def apply_settings(data: Any, settings: Sequence[str]) -> dict[str, Any]:
         key, equals, raw = setting.partition("=")
         key = key.strip()
         if not equals or not key or any(not part for part in key.split(".")):
-            raise ConfigError("--set", f"{setting!r} is not KEY=VALUE (vault.address=http://...)")
+            # Not echoed: the value could be a secret typed in the wrong place.
+            raise ConfigError("--set", "expects KEY=VALUE (vault.address=http://...)")
+        if key in secret_keys():
+            raise ConfigError(
+                key,
+                "is a secret and never taken from the command line (ps and shell history "
+                "would keep it): use its environment variable or a file key",
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
@@ -136,6 +143,19 @@ def apply_settings(data: Any, settings: Sequence[str]) -> dict[str, Any]:
             section = child
         section[leaf] = value
     return merged
+
+
+def secret_keys(section: Any = None, prefix: str = "") -> set[str]:
+    """Dotted names of the config's secrets: the dataclass fields declared `repr=False`."""
+    section = Config() if section is None else section
+    keys: set[str] = set()
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            keys |= secret_keys(value, f"{prefix}{item.name}.")
+        elif not item.repr:
+            keys.add(f"{prefix}{item.name}")
+    return keys
 
 
 def _render_section(

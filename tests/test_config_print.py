@@ -141,8 +141,11 @@ def test_a_key_like_nothing_gets_no_hint(data: dict[str, Any]) -> None:
 def test_set_overrides_merge_and_are_validated() -> None:
     data = apply_settings({"listen": {"port": 1}}, ["listen.host=::1", "vault.kv_version=1"])
     assert data == {"listen": {"port": 1, "host": "::1"}, "vault": {"kv_version": 1}}
-    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+    with pytest.raises(ConfigError, match="expects KEY=VALUE"):
         apply_settings({}, ["listen.port"])
+    with pytest.raises(ConfigError, match="never taken from the command line") as caught:
+        apply_settings({}, ["vault.auth.token=fake-secret-on-argv"])
+    assert "fake-secret-on-argv" not in str(caught.value)
     with pytest.raises(ConfigError, match=r"listen\.prot: unknown key \(did you mean listen\.port"):
         parse_config(apply_settings({}, ["listen.prot=1"]))
 
