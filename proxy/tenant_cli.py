@@ -191,30 +191,34 @@ def _failure_message(exc: ProxyError, login_url: str, record: Mapping[str, Any])
         domain = resolve_region(str(record.get("region", "")))
     except ValueError:
         return exc.message
-    host = URL(login_url.format(domain=domain)).host or domain
+    url = URL(login_url.format(domain=domain))
+    host = url.raw_host or domain
+    if not url.is_default_port():
+        host = f"{host}:{url.port}"
     return f"{describe_client_error(cause, host)} (the login service of region {domain})"
 
 
 def describe_client_error(exc: BaseException, host: str) -> str:
-    """What went wrong talking to `host`, in words: never an exception class name.
+    """What went wrong talking to `host`, as a clause: never an exception class name.
 
-    A stand-in with the signature of the listener's translator (`proxy.http.failures`, on
-    another branch); once that is merged, import it instead and delete this.
+    A stand-in, worded the same, for the edge branch's `proxy.http.failures.describe_client_error`;
+    once that is merged, import it instead and delete this.
     """
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"DNS lookup of {host} failed"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"the TLS certificate of {host} is not trusted (genesys.ca_file adds a CA)"
     if isinstance(exc, aiohttp.ClientSSLError):
-        return f"the TLS handshake with {host} failed"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or "connection failed"
-        return f"cannot connect to {host}:{exc.port}: {reason.lower()}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return f"{host} closed the connection without answering"
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"TLS handshake with {host} failed"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"connecting to {host} timed out"
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
         return f"{host} did not answer in time"
-    return f"the connection to {host} failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"connection to {host} refused"
+        return f"connection to {host} failed: {(exc.os_error.strerror or 'error').lower()}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"{host} closed the connection before answering"
+    return f"the request to {host} failed"
 
 
 def _parse_region(value: str) -> tuple[str, str]:

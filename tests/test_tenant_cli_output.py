@@ -82,7 +82,7 @@ async def test_list_is_a_table_and_json_and_show_fails_on_a_broken_record(
 @pytest.mark.parametrize(
     ("login_url", "expected"),
     [
-        ("http://127.0.0.1:{port}/login/{{domain}}", "cannot connect to 127.0.0.1:{port}"),
+        ("http://127.0.0.1:{port}/login/{{domain}}", "connection to 127.0.0.1:{port} refused"),
         ("http://login.{{domain}}.invalid", "DNS lookup of login.aps1.pure.cloud.invalid failed"),
     ],
     ids=["refused", "dns"],
