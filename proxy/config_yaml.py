@@ -22,7 +22,9 @@ from proxy.errors import ConfigError
 
 COMMENT_COLUMN = 33
 
-# One line per key (or section) for the reader of a printed config; keep them short.
+# One line per key (or section) for the reader of a printed config; keep them short. Keys other
+# branches are adding (listen.allowed_hosts, vault.timeout, genesys.rate_limit.*) have theirs
+# already: a note for a key that does not exist is never printed.
 NOTES: dict[str, str] = {
     "listen": "the app-facing proxy listener",
     "listen.host": "keep it on loopback: the pod's app is the only client",
@@ -30,6 +32,7 @@ NOTES: dict[str, str] = {
     "listen.max_body_bytes": "larger request bodies get 413 body_too_large",
     "listen.shutdown_grace": "seconds in-flight requests get after SIGTERM",
     "listen.idle_timeout": "seconds a connection may wait between requests, or a body stall",
+    "listen.allowed_hosts": "Host names accepted besides loopback ones; ['*']: any",
     "admin": "/metrics, /healthz, /readyz, /admin",
     "admin.host": "not loopback (a pod IP): /admin* then needs token_file",
     "admin.port": "Prometheus and the kubelet's probes come here",
@@ -52,6 +55,7 @@ NOTES: dict[str, str] = {
     "vault.kv_mount": "the KV secrets engine's mount",
     "vault.kv_version": "1 | 2",
     "vault.path": "one secret per tenant: client_id, client_secret, region",
+    "vault.timeout": "seconds a Vault call may take for a request, queueing included",
     "vault.auth": "how the proxy logs in to Vault",
     "vault.auth.method": "token | kubernetes | approle",
     "vault.auth.token": "token: a literal (prefer $VAULT_TOKEN) ...",
@@ -68,6 +72,11 @@ NOTES: dict[str, str] = {
     "genesys.refresh_at": "refresh in the background after this fraction of a token's life",
     "genesys.timeout": "seconds to wait for the upstream (between reads)",
     "genesys.connect_timeout": "seconds to connect to the upstream",
+    "genesys.rate_limit": "absorbing Genesys' per-token rate limits",
+    "genesys.rate_limit.max_wait": "seconds a request may be held for budget or a Retry-After",
+    "genesys.rate_limit.retries": "upstream 429s replayed per request",
+    "genesys.rate_limit.tokens_per_tenant": "tokens a tenant may hold at once",
+    "genesys.rate_limit.max_waiting": "requests of one tenant held at once; more: rate_limited",
     "log": "on stderr",
     "log.level": "debug | info | warning | error",
     "log.format": "text | json",
