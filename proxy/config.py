@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
@@ -21,6 +22,8 @@ from proxy.errors import ConfigError, InvalidTenant
 from proxy.tenants.ids import check_tenant_id
 
 DEFAULT_TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# What `check-config --print` shows in place of a secret; refused on load, wherever it appears.
+REDACTED = "<redacted>"
 
 # The standard Vault variables fill these keys when the file leaves them unset.
 VAULT_ENV = {
@@ -80,11 +83,14 @@ class VaultAuthConfig:
     mount: str | None = None
 
     def __repr__(self) -> str:
-        token = "<redacted>" if self.token else None
-        return (
-            f"VaultAuthConfig(method={self.method!r}, token={token!r}, "
-            f"token_file={self.token_file!r}, role={self.role!r}, mount={self.mount!r})"
-        )
+        # Every field, the secret ones (repr=False) as <redacted> when set.
+        parts = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if not item.repr and value is not None:
+                value = REDACTED
+            parts.append(f"{item.name}={value!r}")
+        return f"VaultAuthConfig({', '.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -240,8 +246,10 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         metrics=MetricsConfig(tenant_label=metrics.boolean("tenant_label", True)),
         local_token_endpoint=root.boolean("local_token_endpoint", True),
     )
-    for section in (root, listen, admin, tenant, creds, vault_data, auth, genesys, log, metrics):
-        section.reject_unknown()
+    sections = (root, listen, admin, tenant, creds, vault_data, auth, genesys, log, metrics)
+    everywhere = [section.key(name) for section in sections for name in section.known()]
+    for section in sections:
+        section.reject_unknown(everywhere)
     _check_consistency(config)
     return config
 
@@ -335,16 +343,41 @@ class _Section:
             self._children[name] = _Section(self._data.get(name), self.key(name))
         return self._children[name]
 
-    def reject_unknown(self) -> None:
+    def known(self) -> set[str]:
+        """The keys this section has (those the parser asked for)."""
+        return set(self._seen)
+
+    def reject_unknown(self, everywhere: list[str]) -> None:
+        """Raise for the first key nobody asked for, with the nearest known key as a hint."""
         for name in self._data:
             if not isinstance(name, str) or name not in self._seen:
                 # Quoted when odd (a newline, a number): the error must stay one line.
                 shown = name if isinstance(name, str) and name.isprintable() else repr(name)
-                raise ConfigError(self.key(shown), "unknown key")
+                raise ConfigError(
+                    self.key(shown), "unknown key", hint=self._nearest(name, everywhere)
+                )
+
+    def _nearest(self, name: object, everywhere: list[str]) -> str | None:
+        """A known key in this section spelt like `name`, else one in another section."""
+        if not isinstance(name, str) or not name.isprintable():
+            return None
+        close = difflib.get_close_matches(name.lower(), sorted(self._seen), n=1, cutoff=0.6)
+        if close:
+            return self.key(close[0])
+        # The right name in the wrong place (`listen.token_file`: it is admin.token_file).
+        elsewhere = [key for key in everywhere if key.rpartition(".")[2] == name]
+        return elsewhere[0] if len(elsewhere) == 1 else None
 
     def _get(self, name: str) -> Any:
         self._seen.add(name)
-        return self._data.get(name)
+        value = self._data.get(name)
+        if value == REDACTED:
+            raise ConfigError(
+                self.key(name),
+                f"is {REDACTED}, the placeholder check-config --print shows for a secret: "
+                "put the real value here, or leave the key out and set its environment variable",
+            )
+        return value
 
     def _typed(self, name: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
         value = self._get(name)

@@ -9,6 +9,7 @@ so on a read-only root filesystem it needs a tmpfs there (`docker run --read-onl
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import tempfile
@@ -17,9 +18,10 @@ from pathlib import Path
 import yaml
 
 from proxy.config import parse_config
+from proxy.errors import StartupError
 from proxy.ops.logs import configure_logging
-from proxy.server import Server, StartupError, run_until_signalled
-from proxy.simulator import GenesysSimulator
+from proxy.server import Server, run_until_signalled
+from proxy.simulator import GenesysSimulator, directory
 
 # The secrets are made up afresh at each start: only this run's simulator accepts them.
 DEMO_TENANTS = {
@@ -38,8 +40,23 @@ DEMO_TENANTS = {
 }
 
 
+# The user the printed write commands create, change and delete in tenant demo's org.
+NEW_USER = {"name": "Ada Lovelace", "email": "ada@demo.example.com"}
+
+
+def new_user_id() -> str:
+    """The id the simulator gives NEW_USER in tenant demo's org (ids there are stable)."""
+    tenant = DEMO_TENANTS["demo"]
+    org_id = directory.org_id_for(tenant["domain"], tenant["org"])
+    return directory.created_user_id(org_id, NEW_USER["email"])
+
+
 def instructions(port: int, admin_port: int) -> str:
     base = f"http://127.0.0.1:{port}"
+    user = f"{base}/api/v2/users/{new_user_id()}"
+    body = json.dumps(NEW_USER)
+    change = json.dumps({"version": 1, "title": "Analyst"})
+    json_header = "-H 'Content-Type: application/json'"
     return f"""
 genesys-token-proxy demo is running against a local Genesys Cloud simulator.
 Two tenants exist: 'demo' (ap-south-1, aps1.pure.cloud) and 'demo-eu' (mypurecloud.ie).
@@ -47,9 +64,26 @@ Try, in another terminal:
 
   curl -s {base}/api/v2/organizations/me -H 'X-Tenant-ID: demo'
   curl -s {base}/api/v2/users -H 'X-Tenant-ID: demo-eu'
+
+Writes go through too (each tenant's org is its own):
+
+  curl -s -X POST {base}/api/v2/users -H 'X-Tenant-ID: demo' {json_header} -d '{body}'
+  curl -s -X PATCH {user} -H 'X-Tenant-ID: demo' {json_header} -d '{change}'
+  curl -s -X DELETE {user} -H 'X-Tenant-ID: demo'
+
+What reached "Genesys": the simulator's echo endpoint answers with the request it received.
+The app's Authorization is replaced by the tenant's token (masked here), X-Tenant-ID is gone:
+
+  curl -s {base}/api/v2/sim/echo -H 'X-Tenant-ID: demo' -H 'Authorization: Bearer app-sent-this'
+
+The raw token, for apps that want it; and the proxy's own errors:
+
   curl -s {base}/auth/token -H 'X-Tenant-ID: demo'
   curl -si {base}/api/v2/users -H 'X-Tenant-ID: nobody'      # 404 unknown_tenant
   curl -si {base}/api/v2/users                               # 400 missing_tenant
+
+Operations:
+
   curl -s http://127.0.0.1:{admin_port}/readyz
   curl -s http://127.0.0.1:{admin_port}/metrics | grep genesys_proxy_requests_total
 
@@ -60,7 +94,8 @@ Press Ctrl-C to stop.
 
 
 async def _demo(port: int, admin_port: int) -> None:
-    simulator = GenesysSimulator()
+    # The echo endpoint masks tokens: the demo's commands print its answers on a terminal.
+    simulator = GenesysSimulator(reveal_tokens=False)
     client_secrets = {name: secrets.token_urlsafe(24) for name in DEMO_TENANTS}
     for name, tenant in DEMO_TENANTS.items():
         simulator.add_client(

@@ -2,6 +2,7 @@
 
     Exception
     ├── ConfigError                      a config file, CLI argument or env value is bad (exit 2)
+    ├── StartupError                     the daemon cannot start: a port in use, say (exit 1)
     └── ProxyError                       answered to the app as JSON + `X-Proxy-Error`
         ├── MissingTenant                400 missing_tenant
         ├── InvalidTenant                400 invalid_tenant
@@ -30,12 +31,26 @@ from typing import ClassVar
 
 
 class ConfigError(Exception):
-    """A configuration value is missing or wrong; `key` names it (`vault.auth.method`)."""
+    """A configuration value is missing or wrong; `key` names it (`vault.auth.method`).
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
+    `hint` is the nearest valid name for a misspelt key (`vault.auth.token`), shown after the
+    message: `vault.auth.tokne: unknown key (did you mean vault.auth.token?)`.
+    """
+
+    def __init__(self, key: str, message: str, *, hint: str | None = None) -> None:
+        text = f"{key}: {message}" if key else message
+        super().__init__(f"{text} (did you mean {hint}?)" if hint else text)
         self.key = key
         self.message = message
+        self.hint = hint
+
+
+class StartupError(Exception):
+    """The daemon cannot start (a port in use, say); the message is one line for the operator.
+
+    Here rather than in `proxy.server`, so the command line can catch it without importing the
+    daemon.
+    """
 
 
 class ProxyError(Exception):

@@ -31,6 +31,7 @@ from aiohttp.typedefs import Handler
 
 from proxy.app import ACCESS_LOG, METRICS, READINESS, RUNTIME, create_app
 from proxy.config import Config
+from proxy.errors import StartupError
 from proxy.http.listener import listener_options
 from proxy.ops.admin import create_admin_app
 from proxy.ops.logs import LoggingSettings
@@ -93,10 +94,6 @@ class RequestTasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=seconds)
-
-
-class StartupError(Exception):
-    """The daemon cannot start (a port in use, say); the message is one line for the operator."""
 
 
 class Server:

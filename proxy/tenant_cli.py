@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import aiohttp
+from yarl import URL
 
-from proxy.cli import EXIT_FAILURE, EXIT_OK, PROG, UsageError, resolve_config
+from proxy.cli_base import EXIT_OK, UsageError, fail, resolve_config
 from proxy.config import Config, LogConfig
 from proxy.errors import ConfigError, InvalidTenant, InvalidTenantCredentials, ProxyError
 from proxy.ops.logs import configure_logging
@@ -148,9 +149,80 @@ def mask_secret(secret: str) -> str:
     return MASK + secret[-4:] if len(secret) >= 12 else MASK
 
 
-def fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_FAILURE
+LIST_COLUMNS = (
+    ("TENANT", "tenant"),
+    ("REGION", "domain"),
+    ("CLIENT ID", "client_id"),
+    ("SECRET", "client_secret"),
+    ("PROBLEM", "problem"),
+)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`tenant list` for people: a header, one aligned row per tenant, `-` for nothing.
+
+    A broken record shows its stored region (the domain could not be worked out) and, in the
+    last column, what is wrong with it; the column is left out when every record is fine.
+    """
+    columns = [(title, key) for title, key in LIST_COLUMNS if key != "problem"]
+    if any(row.get("problem") for row in rows):
+        columns.append(("PROBLEM", "problem"))
+
+    def cell(row: Mapping[str, Any], key: str) -> str:
+        value = row.get(key)
+        if key == "domain" and not value:
+            value = row.get("region")
+        return str(value) if value else "-"
+
+    table = [[title for title, _ in columns]]
+    table += [[cell(row, key) for _, key in columns] for row in rows]
+    widths = [max(len(line[index]) for line in table) for index in range(len(columns))]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    ]
+    if not rows:
+        lines.append("(no tenants)")
+    return "\n".join(lines) + "\n"
+
+
+def _failure_message(exc: ProxyError, login_url: str, record: Mapping[str, Any]) -> str:
+    """The error's message, or, when the login service could not be reached, why, by host."""
+    cause = exc.__cause__
+    if not isinstance(cause, aiohttp.ClientError | TimeoutError):
+        return exc.message
+    try:
+        domain = resolve_region(str(record.get("region", "")))
+    except ValueError:
+        return exc.message
+    url = URL(login_url.format(domain=domain))
+    host = url.raw_host or domain
+    if not url.is_default_port():
+        host = f"{host}:{url.port}"
+    return f"{describe_client_error(cause, host)} (the login service of region {domain})"
+
+
+def describe_client_error(exc: BaseException, host: str) -> str:
+    """What went wrong talking to `host`, as a clause: never an exception class name.
+
+    A stand-in, worded the same, for the edge branch's `proxy.http.failures.describe_client_error`;
+    once that is merged, import it instead and delete this.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup of {host} failed"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake with {host} failed"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"connecting to {host} timed out"
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return f"{host} did not answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"connection to {host} refused"
+        return f"connection to {host} failed: {(exc.os_error.strerror or 'error').lower()}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"{host} closed the connection before answering"
+    return f"the request to {host} failed"
 
 
 def _parse_region(value: str) -> tuple[str, str]:
@@ -216,8 +288,11 @@ class TenantCommand:
             self._print(row, "")
         else:
             for key, value in row.items():
-                if value is not None:
+                if value is not None and key != "problem":
                     print(f"{key + ':':<15}{value}")
+        if row["problem"]:
+            # The record is there but the proxy could not use it: not a success.
+            return fail(f"tenant {tenant!r} at {self.where(tenant)}: {row['problem']}")
         return EXIT_OK
 
     async def list(self) -> int:
@@ -244,12 +319,8 @@ class TenantCommand:
             rows = await asyncio.gather(*(describe(tenant) for tenant in tenants))
         if self._as_json:
             print(json.dumps(rows, indent=2))
-            return EXIT_OK
-        for row in rows:
-            shown = [row["tenant"], row.get("domain") or row.get("region") or "-"]
-            shown += [row.get("client_id") or "-", row.get("client_secret") or "-"]
-            problem = f"  ({row['problem']})" if row.get("problem") else ""
-            print("  ".join(shown) + problem)
+        else:
+            print(format_table(rows), end="")
         return EXIT_OK
 
     async def verify(self, tenant: str) -> int:
@@ -273,10 +344,11 @@ class TenantCommand:
                 )
                 token = await fetcher.fetch(credentials)
         except ProxyError as exc:
+            message = _failure_message(exc, self._config.genesys.login_url, data)
             if self._as_json:
-                result = {"tenant": tenant, "ok": False, "error": exc.code, "message": exc.message}
+                result = {"tenant": tenant, "ok": False, "error": exc.code, "message": message}
                 print(json.dumps(result, indent=2))
-            return fail(f"tenant {tenant!r} failed verification: {exc.message}")
+            return fail(f"tenant {tenant!r} failed verification: {message}")
         login = genesys.login_url.format(domain=credentials.region)
         result = {
             "tenant": tenant,

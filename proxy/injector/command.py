@@ -190,7 +190,7 @@ async def serve_injector(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Listen with TLS until `stop` is set (default: until SIGTERM or SIGINT)."""
-    from proxy.server import StartupError
+    from proxy.errors import StartupError
 
     loop = asyncio.get_running_loop()
     signals = stop is None

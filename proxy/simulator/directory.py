@@ -63,9 +63,68 @@ def users(client: SimClient) -> list[dict[str, Any]]:
     return listing
 
 
-def user_page(client: SimClient, page_size: int, page_number: int) -> dict[str, Any]:
-    """The body of `GET /api/v2/users`: a UserEntityListing page."""
-    everyone = users(client)
+def created_user_id(org_id: str, email: str) -> str:
+    """The id `POST /api/v2/users` gives a user: stable, so the demo can print it in advance."""
+    return str(uuid.uuid5(uuid.UUID(org_id), f"created-{email.lower()}"))
+
+
+class UserStore:
+    """Each organization's users: the generated ones, then whatever the API's writes made of them.
+
+    Writes (`POST /api/v2/users`, `PATCH` and `DELETE /api/v2/users/{id}`) change only the org
+    of the token that made them, so tenants stay apart here as they do at Genesys.
+    """
+
+    def __init__(self) -> None:
+        self._orgs: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def users(self, client: SimClient) -> list[dict[str, Any]]:
+        return list(self._org(client).values())
+
+    def get(self, client: SimClient, user_id: str) -> dict[str, Any] | None:
+        return self._org(client).get(user_id)
+
+    def create(self, client: SimClient, name: str, email: str) -> dict[str, Any] | None:
+        """The new user, or None when the email is taken in the org."""
+        org = self._org(client)
+        if any(user["email"].lower() == email.lower() for user in org.values()):
+            return None
+        user_id = created_user_id(client.org_id, email)
+        org[user_id] = {
+            "id": user_id,
+            "name": name,
+            "email": email,
+            "state": "active",
+            "username": email,
+            "version": 1,
+            "selfUri": f"/api/v2/users/{user_id}",
+        }
+        return org[user_id]
+
+    def update(self, client: SimClient, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply `changes` (already checked) to an existing user and bump its version."""
+        user = self._org(client)[user_id]
+        user.update(changes)
+        user["version"] += 1
+        return user
+
+    def delete(self, client: SimClient, user_id: str) -> bool:
+        return self._org(client).pop(user_id, None) is not None
+
+    def _org(self, client: SimClient) -> dict[str, dict[str, Any]]:
+        if client.org_id not in self._orgs:
+            self._orgs[client.org_id] = {user["id"]: user for user in users(client)}
+        return self._orgs[client.org_id]
+
+
+def user_page(
+    client: SimClient,
+    page_size: int,
+    page_number: int,
+    everyone: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The body of `GET /api/v2/users`: a UserEntityListing page (of `everyone`, if given)."""
+    everyone = users(client) if everyone is None else everyone
     total = len(everyone)
     page_count = -(-total // page_size)
     start = (page_number - 1) * page_size

@@ -1,10 +1,19 @@
 """The simulated API endpoints, reached once a request is authenticated and within its limits.
 
+Genesys' own users API, enough to try writes through the proxy (each org has its own users):
+
+- `GET /api/v2/users[?pageSize=&pageNumber=]`, `GET /api/v2/users/{id}`;
+- `POST /api/v2/users` with `{"name", "email"}` (409 if the email is taken in the org);
+- `PATCH /api/v2/users/{id}` with `{"version", ...}`: `name`, `email`, `state`, `title` or
+  `department`; `version` must be the user's current one (409 otherwise), as at Genesys;
+- `DELETE /api/v2/users/{id}`: 200 `{}`.
+
 Everything under `/api/v2/sim/` exists only in the simulator, so tests can see what arrived:
 
 - `<any method> /api/v2/sim/echo[/...]`: JSON of the request (method, path, query string,
   headers, body length and SHA-256, client and org of the token); request headers named
-  `X-Echo-*` are sent back as response headers.
+  `X-Echo-*` are sent back as response headers. With the simulator's `reveal_tokens=False` (the
+  demo) the bearer token is shown as `Bearer <token ...>`.
 - `GET /api/v2/sim/blob?bytes=N[&gzip=1]`: N deterministic bytes (`blob_content(N)`), streamed in
   64 KiB chunks with a Content-Length; with `gzip=1` precompressed, with `Content-Encoding: gzip`.
 - `<any method> /api/v2/sim/slow?seconds=S`: answers after S seconds.
@@ -15,8 +24,9 @@ Everything under `/api/v2/sim/` exists only in the simulator, so tests can see w
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -63,6 +73,10 @@ class ApiCall:
     token: IssuedToken | None = None
     body_length: int = 0
     body_sha256: str = EMPTY_SHA256
+    # The body itself, when small enough to keep (the users API reads it).
+    body: bytes | None = None
+    users: directory.UserStore = field(default_factory=directory.UserStore)
+    reveal_tokens: bool = True
 
     def json(self, body: dict[str, Any]) -> web.Response:
         return web.json_response(body, headers=self.response_headers)
@@ -105,10 +119,17 @@ async def _route(call: ApiCall, client: SimClient) -> web.StreamResponse:
         case ("GET", "users"):
             page_size = _int_param(query, "pageSize", default=25, low=1, high=500)
             page_number = _int_param(query, "pageNumber", default=1, low=1)
-            return call.json(directory.user_page(client, page_size, page_number))
+            everyone = call.users.users(client)
+            return call.json(directory.user_page(client, page_size, page_number, everyone))
         case ("GET", "users", user_id):
-            user = next((u for u in directory.users(client) if u["id"] == user_id), None)
+            user = call.users.get(client, user_id)
             return call.json(user) if user else _not_found(call)
+        case ("POST", "users"):
+            return _create_user(call, client)
+        case ("PATCH", "users", user_id):
+            return _update_user(call, client, user_id)
+        case ("DELETE", "users", user_id):
+            return call.json({}) if call.users.delete(client, user_id) else _not_found(call)
         case (_, "sim", "echo", *_):
             # Request headers named X-Echo-* come back as response headers, value unchanged.
             for name, value in call.request.headers.items():
@@ -129,17 +150,75 @@ async def _route(call: ApiCall, client: SimClient) -> web.StreamResponse:
             return _not_found(call)
 
 
+USER_FIELDS = ("name", "email", "state", "title", "department")
+
+
+def _json_body(call: ApiCall) -> dict[str, Any]:
+    if call.body is None:
+        raise BadRequest("the request body is missing or too large")
+    try:
+        body = json.loads(call.body or b"null")
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{name} must be a non-empty string")
+    return value.strip()
+
+
+def _create_user(call: ApiCall, client: SimClient) -> web.Response:
+    body = _json_body(call)
+    name, email = _text(body, "name"), _text(body, "email")
+    user = call.users.create(client, name, email)
+    if user is None:
+        return call.error(409, "general.conflict", f"A user with email {email} already exists")
+    return call.json(user)
+
+
+def _update_user(call: ApiCall, client: SimClient, user_id: str) -> web.Response:
+    user = call.users.get(client, user_id)
+    if user is None:
+        return _not_found(call)
+    body = _json_body(call)
+    version = body.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BadRequest("version is required: the user's current version")
+    if version != user["version"]:
+        message = f"Version {version} is not the user's current version {user['version']}"
+        return call.error(409, "conflict", message)
+    changes = {name: _text(body, name) for name in USER_FIELDS if body.get(name) is not None}
+    return call.json(call.users.update(client, user_id, changes))
+
+
 def _echo(call: ApiCall, client: SimClient) -> dict[str, Any]:
+    headers = [[name, value] for name, value in call.request.headers.items()]
+    if not call.reveal_tokens:
+        # What reached "Genesys" without the token itself: the demo prints this.
+        headers = [
+            [name, _masked_bearer(value, client) if name.lower() == "authorization" else value]
+            for name, value in headers
+        ]
     return {
         "method": call.request.method,
         "path": call.path,
         "query_string": call.request.rel_url.raw_query_string,
-        "headers": [[name, value] for name, value in call.request.headers.items()],
+        "headers": headers,
         "body_length": call.body_length,
         "body_sha256": call.body_sha256,
         "client_id": client.client_id,
         "org_id": client.org_id,
     }
+
+
+def _masked_bearer(value: str, client: SimClient) -> str:
+    scheme, _, token = value.partition(" ")
+    return f"{scheme} <token issued to {client.client_id}, {len(token.strip())} characters>"
 
 
 async def _blob(call: ApiCall) -> web.StreamResponse:

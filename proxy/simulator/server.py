@@ -2,6 +2,7 @@
 
 Regions are told apart by a path prefix holding the region's domain:
 
+    GET  /healthz                         200 while it serves
     POST /login/{domain}/oauth/token      the login service of region {domain}
     *    /api/{domain}/api/v2/...         its API (endpoints in `proxy.simulator.endpoints`)
 
@@ -42,6 +43,7 @@ log = logging.getLogger("proxy.simulator")
 CORRELATION_HEADER = "ININ-Correlation-Id"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 SEEN_REQUESTS_KEPT = 10_000
+KEPT_BODY_BYTES = 1024 * 1024
 # Shown as `inin-ratelimit-allowed` when the simulator runs without an API rate limit.
 UNLIMITED = 2**31 - 1
 
@@ -63,10 +65,14 @@ class GenesysSimulator:
         api_requests_per_minute: int | None = 300,
         token_requests_per_minute: int = 300,
         clock: Callable[[], float] = time.time,
+        reveal_tokens: bool = True,
     ) -> None:
         if api_requests_per_minute is not None and api_requests_per_minute < 1:
             raise ValueError("api_requests_per_minute must be at least 1, or None for no limit")
         self._api_limit = api_requests_per_minute
+        # False: the echo endpoint masks bearer tokens (the demo prints its answers).
+        self._reveal_tokens = reveal_tokens
+        self.users = directory.UserStore()
         self._clock = clock
         self._login_limiter = SlidingWindowLimiter(token_requests_per_minute, clock)
         self._clients: dict[str, SimClient] = {}
@@ -82,6 +88,7 @@ class GenesysSimulator:
         self._base_url: str | None = None
         self.requests: collections.deque[SeenRequest] = collections.deque(maxlen=SEEN_REQUESTS_KEPT)
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.app.router.add_get("/healthz", _handle_health)
         self.app.router.add_post("/login/{domain}/oauth/token", self._handle_login)
         # [\s\S], not ".": a path with %0A must reach the handler too, to be recorded.
         self.app.router.add_route("*", r"/api/{domain}/{tail:[\s\S]*}", self._handle_api)
@@ -323,12 +330,14 @@ class GenesysSimulator:
             path="/" + tail,
             correlation_id=correlation_id,
             response_headers={CORRELATION_HEADER: correlation_id},
+            users=self.users,
+            reveal_tokens=self._reveal_tokens,
         )
         rejection = self._authenticate(call)
         self._api_requests[call.token.client_id if call.token else None] += 1
         status = 499  # recorded if the client goes away before an answer
         try:
-            call.body_length, call.body_sha256 = await _digest_body(request)
+            call.body_length, call.body_sha256, call.body = await _digest_body(request)
             response = rejection or await self._answer(call)
             status = response.status
             return response
@@ -403,6 +412,11 @@ class GenesysSimulator:
             self._api_401s += 1
 
 
+async def _handle_health(request: web.Request) -> web.Response:
+    """200 once the simulator serves: what a script waits for after starting it."""
+    return web.json_response({"status": "ok"})
+
+
 def _new_token() -> str:
     """An opaque token shaped like Genesys' own: 86 URL-safe characters."""
     return secrets.token_urlsafe(64)
@@ -421,14 +435,19 @@ def _parse_basic(header: str) -> tuple[str, str] | None:
     return (client_id, secret) if colon and client_id else None
 
 
-async def _digest_body(request: web.Request) -> tuple[int, str]:
-    """Read the request body as a stream: (length, sha256 hex)."""
+async def _digest_body(request: web.Request) -> tuple[int, str, bytes | None]:
+    """Read the request body as a stream: (length, sha256 hex, the body if at most 1 MiB)."""
     digest = hashlib.sha256()
     length = 0
+    kept: list[bytes] | None = []
     async for chunk in request.content.iter_chunked(64 * 1024):
         digest.update(chunk)
         length += len(chunk)
-    return length, digest.hexdigest()
+        if kept is not None:
+            kept.append(chunk)
+            if length > KEPT_BODY_BYTES:
+                kept = None
+    return length, digest.hexdigest(), b"".join(kept) if kept is not None else None
 
 
 def _oauth_error(
