@@ -20,7 +20,7 @@ import secrets
 import time
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -68,6 +68,8 @@ class GenesysSimulator:
             raise ValueError("api_requests_per_minute must be at least 1, or None for no limit")
         self._api_limit = api_requests_per_minute
         self._clock = clock
+        # How a fault's delay is waited out; a test may swap it to see who is waiting.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._login_limiter = SlidingWindowLimiter(token_requests_per_minute, clock)
         self._clients: dict[str, SimClient] = {}
         self._tokens: dict[str, IssuedToken] = {}
@@ -283,7 +285,7 @@ class GenesysSimulator:
         if fault is not None:
             log.debug("login fault %d for client %s", fault.status, claimed_id)
             if fault.delay:
-                await asyncio.sleep(fault.delay)
+                await self.sleep(fault.delay)
             if not fault.passes_through:
                 default = {
                     "error": "temporarily_unavailable",
@@ -385,7 +387,7 @@ class GenesysSimulator:
         if fault is not None:
             log.debug("API fault %d for client %s", fault.status, call.token.client_id)
             if fault.delay:
-                await asyncio.sleep(fault.delay)
+                await self.sleep(fault.delay)
             if not fault.passes_through:
                 default = endpoints.error_body(fault.status, "Simulated fault", call.correlation_id)
                 return _fault_response(fault, call.response_headers, default)
