@@ -396,7 +396,8 @@ async def test_concurrent_requests_consume_exactly_count_faults_and_share_the_de
 
     sim.sleep = held
     calls = asyncio.gather(*(http.get(api("sim/echo"), headers=bearer(token)) for _ in range(250)))
-    await all_waiting.wait()
+    async with asyncio.timeout(30):  # a bound on waiting: delays taken one at a time fail
+        await all_waiting.wait()
     release.set()
     responses = await calls
 

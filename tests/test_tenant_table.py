@@ -232,7 +232,8 @@ async def test_revalidation_reads_once_per_tenant_per_ttl_and_serves_meanwhile(
         # 100 concurrent requests while the one re-read is held at the relay: all answered.
         answers = await asyncio.gather(*(call(harness, busy.id) for _ in range(100)))
         assert answers == [(200, None)] * 100
-        await gate.held.wait()
+        async with asyncio.timeout(30):  # a bound: a proxy that never re-reads fails here
+            await gate.held.wait()
         gate.release.set()
         await harness.credentials.settled()
         assert openbao.reads_of(busy.id) == 1 + ttls
@@ -252,7 +253,8 @@ async def test_evicting_b_during_as_re_read_in_an_outage_leaves_a_its_stale_reco
     clock.advance(TTL + 1)
     gate.hold, gate.fail_held = a.id, True
     assert await call(harness, a.id) == (200, None)  # starts A's re-read, held at the relay
-    await gate.held.wait()
+    async with asyncio.timeout(30):
+        await gate.held.wait()
     response = await harness.admin.delete(f"/admin/api/tenants/{b.id}")
     assert response.status == 200
     gate.release.set()  # A's re-read now finds Vault unavailable
