@@ -29,7 +29,7 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.app import ACCESS_LOG, METRICS, READINESS, RUNTIME, create_app
+from proxy.app import ACCESS_LOG, METRICS, READINESS, create_app
 from proxy.config import Config
 from proxy.errors import StartupError
 from proxy.http.listener import listener_options
@@ -208,9 +208,6 @@ class Server:
     def _start_draining(self) -> None:
         """/readyz answers 503 draining from now on."""
         self.proxy_app[READINESS].start_draining()
-        runtime = self.proxy_app.get(RUNTIME)
-        if runtime is not None:
-            runtime.draining = True
 
     async def _stop_accepting(self) -> None:
         """Close the proxy listener's socket and its idle keep-alive connections."""

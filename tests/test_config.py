@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from proxy.config import Config, load_config, parse_config
 from proxy.errors import ConfigError
@@ -30,8 +33,34 @@ def test_defaults_match_the_contract() -> None:
     assert config.local_token_endpoint is True
 
 
+def _config_keys(section: object, prefix: str = "") -> set[str]:
+    """Every key path of a config (`vault.auth.method`), from its dataclasses."""
+    keys: set[str] = set()
+    for field in dataclasses.fields(section):  # type: ignore[arg-type]
+        value = getattr(section, field.name)
+        if dataclasses.is_dataclass(value):
+            keys |= _config_keys(value, f"{prefix}{field.name}.")
+        else:
+            keys.add(prefix + field.name)
+    return keys
+
+
+def _yaml_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            keys |= _yaml_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + key)
+    return keys
+
+
 def test_example_file_documents_every_key_and_loads_to_the_defaults() -> None:
     example = ROOT / "config" / "proxy.example.yaml"
+    data = yaml.safe_load(example.read_text(encoding="utf-8"))
+    # Every key written out, not merely defaults by omission: an empty file would load too.
+    assert isinstance(data, dict), "the example config is empty"
+    assert _yaml_keys(data) == _config_keys(Config())
     assert load_config(example) == Config()
 
 

@@ -234,6 +234,7 @@ async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
             await _wait_until(lambda: sim.api_requests() >= 1 or slow.done())
             daemon.process.send_signal(signal.SIGTERM)
             ready = await _status_when_up(session, f"http://127.0.0.1:{admin_port}/readyz")
+            assert not slow.done()  # readiness went while the request was still in flight
             response: Any = await slow
             assert response.status == 200
             assert (await response.json())["slept"] == pytest.approx(1.5)
@@ -254,11 +255,21 @@ async def _wait_until(condition: Any, timeout: float = 10) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _status_when_up(session: aiohttp.ClientSession, url: str) -> int | None:
-    """The readiness status right after SIGTERM (None if the listener is already gone)."""
-    await asyncio.sleep(0.2)
-    try:
-        async with session.get(url) as response:
-            return response.status
-    except aiohttp.ClientError:
-        return None
+async def _status_when_up(
+    session: aiohttp.ClientSession, url: str, timeout: float = 10
+) -> int | None:
+    """The readiness status once SIGTERM was handled: the first answer that is not 200.
+
+    Polled rather than slept on: a fixed pause would only guess when the signal was handled.
+    None if the listener is already gone.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with session.get(url) as response:
+                if response.status != 200:
+                    return response.status
+        except aiohttp.ClientError:
+            return None
+        assert time.monotonic() < deadline, "readiness never changed after SIGTERM"
+        await asyncio.sleep(0.02)

@@ -48,7 +48,7 @@ async def test_a_dns_rebinding_page_gets_no_token(harness: ProxyHarness, acme: T
     assert proxy_error(answer) == (403, "bad_host")
     assert harness.sim.token_requests() == 0
     assert harness.sim.api_requests() == 0
-    assert harness.runtime.credentials.reads == 0
+    assert harness.credentials.reads == 0
 
 
 LOOPBACK_HOSTS = [

@@ -32,7 +32,7 @@ ECHO = "/api/v2/sim/echo"
 
 
 def session_of(harness: ProxyHarness) -> VaultSession:
-    source = harness.runtime.credentials.source
+    source = harness.source
     assert isinstance(source, VaultCredentialSource)
     return source.session
 

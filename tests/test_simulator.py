@@ -380,16 +380,30 @@ async def test_concurrent_requests_consume_exactly_count_faults_and_share_the_de
     http: Client, sim: GenesysSimulator
 ) -> None:
     token = await fetch_token(http)
-    sim.inject_api_fault(status=503, delay=0.2, count=100)
-    started = time.monotonic()
+    sim.inject_api_fault(status=503, delay=30.0, count=100)
+    # The delay is waited out here: all 100 faulted requests must be in it at once (shared,
+    # not one after another), which a counter shows without timing anything.
+    waiting, release = 0, asyncio.Event()
+    all_waiting = asyncio.Event()
 
-    responses = await asyncio.gather(
-        *(http.get(api("sim/echo"), headers=bearer(token)) for _ in range(250))
-    )
+    async def held(seconds: float) -> None:
+        nonlocal waiting
+        assert seconds == 30.0
+        waiting += 1
+        if waiting == 100:
+            all_waiting.set()
+        await release.wait()
+
+    sim.sleep = held
+    calls = asyncio.gather(*(http.get(api("sim/echo"), headers=bearer(token)) for _ in range(250)))
+    async with asyncio.timeout(30):  # a bound on waiting: delays taken one at a time fail
+        await all_waiting.wait()
+    release.set()
+    responses = await calls
 
     statuses = [response.status for response in responses]
     assert (statuses.count(503), statuses.count(200)) == (100, 150)
-    assert time.monotonic() - started < 1.5
+    assert waiting == 100
 
 
 async def test_status_200_fault_only_delays_the_real_answer(

@@ -118,7 +118,7 @@ async def test_the_resolver_takes_a_new_pattern_and_default_on_reconfigure(
     from proxy.config import parse_config
 
     harness, acme, _ = with_default
-    resolver = harness.runtime.forwarder.tenants
+    resolver = harness.forwarder.tenants
     resolver.reconfigure(parse_config({"tenant": {"default": acme.id, "pattern": "^t.*$"}}))
     answer = await exchange(harness.client.port, raw_request(ME, []))
     assert status_of(answer) == 200

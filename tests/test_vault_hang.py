@@ -75,7 +75,7 @@ def hang_harness(
 
 
 def session_of(harness: ProxyHarness) -> VaultSession:
-    source = harness.runtime.credentials.source
+    source = harness.source
     assert isinstance(source, VaultCredentialSource)
     return source.session
 

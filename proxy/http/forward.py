@@ -4,7 +4,7 @@ A request's path through this module:
 
     error_middleware  -> refuses absolute-form targets and CONNECT, turns ProxyError into JSON
     listener_guard    -> only local, non-browser callers (proxy.http.guard)
-    forward()         -> tenant -> TokenManager.get() -> upstream request -> streamed response
+    forward()         -> tenant -> TokenManager.lookup() -> upstream request -> streamed response
                          an upstream 401 drops the token and replays once (buffered bodies only)
 
 The local token endpoint (`GET /auth/token`, `POST /oauth/token`) is `proxy.http.token_endpoint`.
@@ -244,19 +244,27 @@ class Forwarder:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         tenant = self.tenants(request)
         body, replayable = await self._request_body(request, tenant)
-        token = await self.tokens.get(tenant)
+        entry, token = await self.tokens.lookup(tenant)
         upstream = await self._attempt(request, tenant, token, body)
         if upstream.status == 401:
-            # A token the cache still trusted was refused (revoked, or expired early): drop it
-            # (only if still current, so a burst of 401s costs one refetch) and try once more.
-            self.tokens.invalidate(tenant, token)
-            if replayable:
-                upstream.release()
-                log.info("upstream refused the token; replaying", extra={"tenant": tenant})
-                if self.observer is not None:
-                    self.observer.upstream_retried(request, tenant, "unauthorized")
-                token = await self.tokens.get(tenant)
-                upstream = await self._attempt(request, tenant, token, body)
+            # A token the cache still trusted was refused (revoked, or expired early): replace
+            # it (one refetch however many requests got the 401) and replay once. If the fresh
+            # token is refused too, the endpoint refuses: that 401 goes to the app, the token
+            # stays, and the tenant's next 401-driven refetch backs off (the 401 storm rule).
+            if not replayable:
+                self.tokens.discard(entry, token)
+            else:
+                fresh = await self.tokens.replacement(entry, token)
+                if fresh is not None:
+                    upstream.release()
+                    log.info("upstream refused the token; replaying", extra={"tenant": tenant})
+                    if self.observer is not None:
+                        self.observer.upstream_retried(request, tenant, "unauthorized")
+                    upstream = await self._attempt(request, tenant, fresh, body)
+                    if upstream.status == 401:
+                        self.tokens.refused_again(entry, fresh)
+                    else:
+                        self.tokens.accepted(entry)
         return await self._relay(request, tenant, upstream)
 
     async def _attempt(

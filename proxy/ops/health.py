@@ -14,6 +14,7 @@ start calls `source_worked()`, the server calls `start_draining()` when shutdown
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ class Readiness:
         self._worked = False
         self._vault_up = False
         self._draining = False
+        self.started_at = time.time()  # the admin page's uptime
 
     def __repr__(self) -> str:
         return f"Readiness(status={self.status!r}, vault_up={self._vault_up})"

@@ -19,7 +19,11 @@ Everything under `/api/v2/sim/` exists only in the simulator, so tests can see w
 - `<any method> /api/v2/sim/slow?seconds=S`: answers after S seconds.
 - `GET /api/v2/sim/trickle?chunks=N&interval=S`: a chunked download of N 16-byte chunks, one
   every S seconds (a slow download, to test what shutdown does to an answer still streaming).
-- `<any method> /api/v2/sim/status/{code}`: answers that status with an error body.
+- `<any method> /api/v2/sim/status/{code}`: answers that status with an error body
+  (`status/401` is an endpoint that refuses every token, for the proxy's 401-storm rule).
+
+Genesys' own endpoints beyond the directory: `DELETE /api/v2/tokens/me` revokes the token that
+calls it (204); any later request with it gets 401 `bad.credentials`.
 """
 
 import asyncio
@@ -114,6 +118,10 @@ async def _route(call: ApiCall, client: SimClient) -> web.StreamResponse:
         return _not_found(call)
     query = call.request.query
     match (call.request.method, *call.path.removeprefix("/api/v2/").split("/")):
+        case ("DELETE", "tokens", "me"):
+            assert call.token is not None  # authenticated before routing
+            call.token.revoked = True
+            return web.Response(status=204, headers=call.response_headers)
         case ("GET", "organizations", "me"):
             return call.json(directory.organization(client))
         case ("GET", "users"):

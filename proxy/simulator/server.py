@@ -21,7 +21,7 @@ import secrets
 import time
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -74,6 +74,8 @@ class GenesysSimulator:
         self._reveal_tokens = reveal_tokens
         self.users = directory.UserStore()
         self._clock = clock
+        # How a fault's delay is waited out; a test may swap it to see who is waiting.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._login_limiter = SlidingWindowLimiter(token_requests_per_minute, clock)
         self._clients: dict[str, SimClient] = {}
         self._tokens: dict[str, IssuedToken] = {}
@@ -247,6 +249,20 @@ class GenesysSimulator:
     def api_401s(self) -> int:
         return self._api_401s
 
+    def token_revoked(self, access_token: str) -> bool:
+        """Whether `access_token` was revoked (DELETE /api/v2/tokens/me, or its client's)."""
+        token = self._tokens.get(access_token)
+        return token is not None and token.revoked
+
+    def live_tokens(self, client_id: str) -> list[str]:
+        """The client's issued tokens that are neither revoked nor expired."""
+        now = self._clock()
+        return [
+            value
+            for value, token in self._tokens.items()
+            if token.client_id == client_id and not token.revoked and now < token.expires_at
+        ]
+
     def expired_tokens_seen(self) -> int:
         """API requests that carried a token past its expiry: a proxy must never send one."""
         return self._expired_tokens_seen
@@ -277,7 +293,7 @@ class GenesysSimulator:
         if fault is not None:
             log.debug("login fault %d for client %s", fault.status, claimed_id)
             if fault.delay:
-                await asyncio.sleep(fault.delay)
+                await self.sleep(fault.delay)
             if not fault.passes_through:
                 default = {
                     "error": "temporarily_unavailable",
@@ -381,7 +397,7 @@ class GenesysSimulator:
         if fault is not None:
             log.debug("API fault %d for client %s", fault.status, call.token.client_id)
             if fault.delay:
-                await asyncio.sleep(fault.delay)
+                await self.sleep(fault.delay)
             if not fault.passes_through:
                 default = endpoints.error_body(fault.status, "Simulated fault", call.correlation_id)
                 return _fault_response(fault, call.response_headers, default)
