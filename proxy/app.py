@@ -33,7 +33,8 @@ from proxy.tenants.credentials import (
     VaultCredentialSource,
     create_credential_source,
 )
-from proxy.tenants.tokens import GenesysTokenFetcher, TokenManager
+from proxy.tenants.ratelimit import RateLimiter, RateLimitSettings
+from proxy.tenants.tokens import GenesysTokenFetcher, Token, TokenManager
 from proxy.vault.renewal import VaultRenewer
 
 log = logging.getLogger("proxy.app")
@@ -50,6 +51,7 @@ class Runtime:
     forwarder: Forwarder
     token_endpoint: TokenEndpoint
     metrics: Metrics
+    ratelimit: RateLimiter[Token]
     started_at: float = field(default_factory=time.time)
     draining: bool = False
 
@@ -116,22 +118,31 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         observer = RequestObserver(metrics)
         tenants = TenantResolver(config, observer)
         settings = ForwardSettings.from_config(config)
+        ratelimit: RateLimiter[Token] = RateLimiter(
+            RateLimitSettings.from_config(config),
+            observer=metrics,
+            max_tenants=config.tenant.max_tenants,
+        )
         runtime = Runtime(
             config=config,
             credentials=store,
             tokens=tokens,
             session=session,
-            forwarder=Forwarder(settings, tenants, tokens, session, observer),
+            forwarder=Forwarder(settings, tenants, tokens, session, observer, ratelimit=ratelimit),
             token_endpoint=TokenEndpoint(tenants, tokens),
             metrics=metrics,
+            ratelimit=ratelimit,
         )
         app[RUNTIME] = runtime
         metrics.track_tokens(tokens)
+        metrics.track_ratelimit(ratelimit)
         try:
             yield
         finally:
             runtime.draining = True
             metrics.track_tokens(None)
+            metrics.track_ratelimit(None)
+            ratelimit.close()
             await tokens.close()
             await store.close()
     finally:

@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from proxy.ops.metrics import DURATION_BUCKETS, DurationHistograms, Metrics
+from proxy.tenants.ratelimit import RateLimiter
 from tests.conftest import FakeClock, ProxyHarness
 from tests.scrape import scrape
 
@@ -144,15 +145,18 @@ async def test_evicted_tenant_loses_its_expiry_gauge(harness: ProxyHarness) -> N
     assert (await scrape(harness)).value(name, tenant=good.id) is None
 
 
-def test_ratelimit_budget_is_full_again_after_genesys_reset_time(clock: FakeClock) -> None:
+async def test_ratelimit_budget_is_full_again_after_genesys_reset_time(clock: FakeClock) -> None:
     metrics = Metrics(CollectorRegistry(), clock=clock)
+    limiter = RateLimiter(clock=clock, observer=metrics)
+    metrics.track_ratelimit(limiter)
     metrics.token_fetch("acme", "success")
     headers = {
         "inin-ratelimit-allowed": "300",
         "inin-ratelimit-count": "280",
         "inin-ratelimit-reset": "42",
     }
-    metrics.upstream_answered("acme", headers, 0.01)
+    lease = await limiter.budget("acme").acquire(lambda: ("token",))
+    lease.answered(200, headers)
     name = "genesys_proxy_ratelimit_remaining"
     assert metrics.registry.get_sample_value(name, {"tenant": "acme"}) == 20
     clock.advance(41)
@@ -161,17 +165,51 @@ def test_ratelimit_budget_is_full_again_after_genesys_reset_time(clock: FakeCloc
     assert metrics.registry.get_sample_value(name, {"tenant": "acme"}) == 300
 
 
-def test_garbled_ratelimit_headers_leave_the_budget_alone(clock: FakeClock) -> None:
+async def test_ratelimit_remaining_sums_the_tenants_tokens(clock: FakeClock) -> None:
     metrics = Metrics(CollectorRegistry(), clock=clock)
+    limiter = RateLimiter(clock=clock, observer=metrics)
+    metrics.track_ratelimit(limiter)
     metrics.token_fetch("acme", "success")
-    good = {"inin-ratelimit-allowed": "300", "inin-ratelimit-count": "1"}
-    metrics.upstream_answered("acme", good, 0.01)
-    for garbled in ({"inin-ratelimit-allowed": "lots", "inin-ratelimit-count": "1"}, {}):
-        metrics.upstream_answered("acme", garbled, 0.01)
+    budget = limiter.budget("acme")
+    probes = [await budget.acquire(lambda: ("one", "two")) for _ in range(2)]
+    for probe, count in zip(probes, ("10", "45"), strict=True):
+        probe.answered(200, {"inin-ratelimit-allowed": "50", "inin-ratelimit-count": count})
     value = metrics.registry.get_sample_value(
         "genesys_proxy_ratelimit_remaining", {"tenant": "acme"}
     )
-    assert value == 299
+    assert value == 40 + 5
+
+
+async def test_garbled_ratelimit_headers_leave_the_budget_alone(clock: FakeClock) -> None:
+    metrics = Metrics(CollectorRegistry(), clock=clock)
+    limiter = RateLimiter(clock=clock, observer=metrics)
+    metrics.track_ratelimit(limiter)
+    metrics.token_fetch("acme", "success")
+    budget = limiter.budget("acme")
+    good = {"inin-ratelimit-allowed": "300", "inin-ratelimit-count": "1"}
+    (await budget.acquire(lambda: ("token",))).answered(200, good)
+    for garbled in ({"inin-ratelimit-allowed": "lots", "inin-ratelimit-count": "1"}, {}):
+        (await budget.acquire(lambda: ("token",))).answered(200, garbled)
+    value = metrics.registry.get_sample_value(
+        "genesys_proxy_ratelimit_remaining", {"tenant": "acme"}
+    )
+    # Answers without usable headers are counted as spent, never as a new budget.
+    assert value == 297
+
+
+def test_ratelimit_counters_are_exposed_per_tenant_and_reason() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.token_fetch("acme", "success")
+    metrics.ratelimit_held("acme", "budget")
+    metrics.ratelimit_held("acme", "retry_after")
+    metrics.ratelimit_rejected("acme")
+    metrics.upstream_429("acme", "retried")
+    metrics.upstream_429("acme", "passed")
+    metrics.upstream_429("acme", "passed")
+    sample = metrics.registry.get_sample_value
+    assert sample("genesys_proxy_ratelimit_held_total", {"tenant": "acme", "reason": "budget"}) == 1
+    assert sample("genesys_proxy_ratelimit_rejected_total", {"tenant": "acme"}) == 1
+    assert sample("genesys_proxy_upstream_429_total", {"tenant": "acme", "outcome": "passed"}) == 2
 
 
 def test_labelled_tenants_are_capped() -> None:

@@ -3,8 +3,10 @@
 A request's path through this module:
 
     error_middleware  -> refuses absolute-form targets and CONNECT, turns ProxyError into JSON
-    forward()         -> tenant -> TokenManager.get() -> upstream request -> streamed response
+    forward()         -> tenant -> TokenManager.get() -> rate-limit budget (may hold, or refuse
+                         with 429 rate_limited) -> upstream request -> streamed response
                          an upstream 401 drops the token and replays once (buffered bodies only)
+                         an upstream 429 within max_wait is waited out and replayed (buffered)
 
 The local token endpoint (`GET /auth/token`, `POST /oauth/token`) is `proxy.http.token_endpoint`.
 """
@@ -34,6 +36,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.tenants.ratelimit import RateLimiter, parse_ratelimit_headers
 from proxy.tenants.tokens import Token, TokenManager
 
 log = logging.getLogger("proxy.http.forward")
@@ -209,20 +212,23 @@ class Forwarder:
         tokens: TokenManager,
         session: aiohttp.ClientSession,
         observer: ForwardObserver | None = None,
+        *,
+        ratelimit: RateLimiter[Token] | None = None,
     ) -> None:
         self.settings = settings
         self.tenants = tenants
         self.tokens = tokens
         self.session = session
         self.observer = observer
+        self.ratelimit: RateLimiter[Token] = ratelimit or RateLimiter()
         # Built once: copying HOP_BY_HOP for every request showed up in the profile.
         self._dropped = HOP_BY_HOP | {"host", "authorization", settings.tenant_header.lower()}
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         tenant = self.tenants(request)
         body, replayable = await self._request_body(request, tenant)
-        token = await self.tokens.get(tenant)
-        upstream = await self._attempt(request, tenant, token, body)
+        gone = _client_gone(request)
+        upstream, token = await self._attempt(request, tenant, body, gone)
         if upstream.status == 401:
             # A token the cache still trusted was refused (revoked, or expired early): drop it
             # (only if still current, so a burst of 401s costs one refetch) and try once more.
@@ -232,24 +238,52 @@ class Forwarder:
                 log.info("upstream refused the token; replaying", extra={"tenant": tenant})
                 if self.observer is not None:
                     self.observer.upstream_retried(request, tenant, "unauthorized")
-                token = await self.tokens.get(tenant)
-                upstream = await self._attempt(request, tenant, token, body)
+                upstream, token = await self._attempt(request, tenant, body, gone)
+        replays = 0
+        while upstream.status == 429:
+            # Genesys did not process the request: replaying it is safe for every method.
+            delay = self.ratelimit.replay_delay(upstream.headers, replays) if replayable else None
+            if delay is None:
+                self.ratelimit.upstream_429(tenant, "passed")
+                break
+            self.ratelimit.upstream_429(tenant, "retried")
+            upstream.release()
+            replays += 1
+            log.info(
+                "Genesys answered 429; replaying in %.1f s (replay %d)",
+                delay,
+                replays,
+                extra={"tenant": tenant},
+            )
+            if self.observer is not None:
+                self.observer.upstream_retried(request, tenant, "rate_limited")
+            if not _window_used_up(upstream.headers):
+                # A resource's limit, not the token's window: the budget cannot know its reset.
+                await self.ratelimit.hold_for(tenant, delay, gone)
+            upstream, token = await self._attempt(request, tenant, body, gone)
         return await self._relay(request, upstream)
 
     async def _attempt(
         self,
         request: web.Request,
         tenant: str,
-        token: Token,
         body: bytes | AsyncIterator[bytes] | None,
-    ) -> aiohttp.ClientResponse:
-        """One upstream request, timed to its response headers and reported to the observer."""
+        gone: Callable[[], bool],
+    ) -> tuple[aiohttp.ClientResponse, Token]:
+        """One upstream request on a token with budget, timed to its response headers."""
+        token = await self.tokens.get(tenant)
+        lease = await self.ratelimit.budget(tenant).acquire(lambda: (token,), gone=gone)
         started = time.perf_counter()
-        upstream = await self._send(request, tenant, token, body)
+        try:
+            upstream = await self._send(request, tenant, lease.token, body)
+        except BaseException:
+            lease.abandon()
+            raise
+        lease.answered(upstream.status, upstream.headers)
         if self.observer is not None:
             seconds = time.perf_counter() - started
             self.observer.upstream_answered(request, tenant, upstream, seconds)
-        return upstream
+        return upstream, lease.token
 
     async def _request_body(
         self, request: web.Request, tenant: str
@@ -354,6 +388,22 @@ class Forwarder:
             return response
         finally:
             upstream.release()
+
+
+def _client_gone(request: web.Request) -> Callable[[], bool]:
+    """Whether the app hung up: aiohttp does not cancel the handler, so a held request asks."""
+
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    return gone
+
+
+def _window_used_up(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether a 429's headers say the token's own window is used up (not a resource limit)."""
+    described = parse_ratelimit_headers(headers)
+    return described is not None and described[1] >= described[0]
 
 
 def _with_connection_names(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:

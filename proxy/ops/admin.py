@@ -318,6 +318,7 @@ def _evict(runtime: Runtime, tenant: str) -> None:
     if not known:
         raise UnknownTenant(f"the proxy holds nothing for tenant {tenant!r}", tenant=tenant)
     runtime.tokens.evict(tenant)
+    runtime.ratelimit.forget(tenant)
     runtime.credentials.invalidate(tenant)
     log.info("tenant %s evicted from the admin page", tenant, extra={"tenant": tenant})
 

@@ -57,6 +57,9 @@ UPSTREAM_RETRIES = "genesys_proxy_upstream_retries_total"
 VAULT_REQUESTS = "genesys_proxy_vault_requests_total"
 INFLIGHT = "genesys_proxy_inflight_requests"
 RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
+RATELIMIT_HELD = "genesys_proxy_ratelimit_held_total"
+RATELIMIT_REJECTED = "genesys_proxy_ratelimit_rejected_total"
+UPSTREAM_429 = "genesys_proxy_upstream_429_total"
 
 
 class TokenStates(Protocol):
@@ -65,16 +68,10 @@ class TokenStates(Protocol):
     def snapshot(self) -> list[TenantTokenState]: ...
 
 
-@dataclass(slots=True)
-class RateLimitBudget:
-    """The last `inin-ratelimit-*` headers Genesys sent for a tenant."""
+class RateLimitStates(Protocol):
+    """What the budget gauge reads: each tenant's requests left, over all its tokens."""
 
-    remaining: int
-    allowed: int
-    resets_at: float  # monotonic; the full budget is back after it
-
-    def remaining_at(self, now: float) -> int:
-        return self.allowed if now >= self.resets_at else self.remaining
+    def remaining(self) -> dict[str, int]: ...
 
 
 class LabelledCounts:
@@ -146,7 +143,6 @@ class TenantStats:
     durations: DurationHistograms
     requests: int = 0
     errors: int = 0
-    ratelimit: RateLimitBudget | None = None
 
 
 class Metrics:
@@ -188,6 +184,23 @@ class Metrics:
             "Requests sent to Genesys Cloud again, by reason (unauthorized: a refused token).",
             [*tenant, "reason"],
         )
+        self.ratelimit_held_counts = LabelledCounts(
+            RATELIMIT_HELD,
+            "Requests held for Genesys rate-limit budget, by reason (budget: the tokens' windows; "
+            "retry_after: an upstream 429's Retry-After).",
+            [*tenant, "reason"],
+        )
+        self.ratelimit_rejected_counts = LabelledCounts(
+            RATELIMIT_REJECTED,
+            "Requests answered 429 rate_limited by the proxy, never sent to Genesys.",
+            tenant,
+        )
+        self.upstream_429_counts = LabelledCounts(
+            UPSTREAM_429,
+            "429 answers from Genesys, by outcome (retried: waited out and replayed; passed: "
+            "given to the app).",
+            [*tenant, "outcome"],
+        )
         self.vault_requests = Counter(
             VAULT_REQUESTS,
             "Requests to Vault, by operation (login, read, lookup) and outcome.",
@@ -201,6 +214,7 @@ class Metrics:
         # Read at scrape time: the hot path only moves a plain integer.
         self.inflight.set_function(lambda: self._inflight)
         self._tokens: TokenStates | None = None
+        self._ratelimit: RateLimitStates | None = None
         registry.register(_ScrapeTimeGauges(self))
 
         self._cache_hit = self.token_cache.labels("hit")
@@ -214,6 +228,21 @@ class Metrics:
     def track_tokens(self, tokens: TokenStates | None) -> None:
         """Read token expiries from `tokens` at scrape time (None: stop)."""
         self._tokens = tokens
+
+    def track_ratelimit(self, budgets: RateLimitStates | None) -> None:
+        """Read the tenants' rate-limit budgets from `budgets` at scrape time (None: stop)."""
+        self._ratelimit = budgets
+
+    # -- hooks: the rate limiter (proxy.tenants.ratelimit.RateLimitObserver) ----------------------
+
+    def ratelimit_held(self, tenant: str, reason: str) -> None:
+        self.ratelimit_held_counts.inc(self._labels(self._stats_for(tenant).label, reason))
+
+    def ratelimit_rejected(self, tenant: str) -> None:
+        self.ratelimit_rejected_counts.inc(self._labels(self._stats_for(tenant).label))
+
+    def upstream_429(self, tenant: str, outcome: str) -> None:
+        self.upstream_429_counts.inc(self._labels(self._stats_for(tenant).label, outcome))
 
     # -- hooks: the token manager (proxy.tenants.tokens.TokenObserver) ----------------------------
 
@@ -253,16 +282,8 @@ class Metrics:
         stats.durations.observe_request(seconds)
 
     def upstream_answered(self, tenant: str, headers: Mapping[str, str], seconds: float) -> None:
-        """Time one upstream attempt and remember the rate-limit budget Genesys reported."""
-        stats = self._stats_for(tenant)
-        stats.durations.observe_upstream(seconds)
-        allowed = _header_int(headers, "inin-ratelimit-allowed")
-        count = _header_int(headers, "inin-ratelimit-count")
-        if allowed is None or count is None or stats is self._unlabelled:
-            return
-        reset = _header_int(headers, "inin-ratelimit-reset")
-        resets_at = math.inf if reset is None else self._clock() + reset
-        stats.ratelimit = RateLimitBudget(max(0, allowed - count), allowed, resets_at)
+        """Time one upstream attempt (its rate-limit headers are the limiter's business)."""
+        self._stats_for(tenant).durations.observe_upstream(seconds)
 
     def upstream_retry(self, tenant: str, reason: str) -> None:
         self.upstream_retries.inc(self._labels(self._stats_for(tenant).label, reason))
@@ -307,12 +328,7 @@ class Metrics:
             labels=labels,
         )
         expiries = self._expiries()
-        now = self._clock()
-        budgets = {
-            tenant: stats.ratelimit.remaining_at(now)
-            for tenant, stats in self._tenants.items()
-            if stats.ratelimit is not None
-        }
+        budgets = self._budgets()
         if self.tenant_label:
             for tenant, value in expiries.items():
                 expiry.add_metric([tenant], value)
@@ -324,7 +340,14 @@ class Metrics:
                 expiry.add_metric([], min(expiries.values()))
             if budgets:
                 budget.add_metric([], min(budgets.values()))
-        counters = (self.requests, self.token_fetches, self.upstream_retries)
+        counters = (
+            self.requests,
+            self.token_fetches,
+            self.upstream_retries,
+            self.ratelimit_held_counts,
+            self.ratelimit_rejected_counts,
+            self.upstream_429_counts,
+        )
         return [expiry, budget, *(c.family() for c in counters), *self._scrape_histograms()]
 
     def _scrape_histograms(self) -> Iterable[Metric]:
@@ -348,6 +371,12 @@ class Metrics:
             request.add_metric(labels, durations.request_buckets(), durations.request_total)
             upstream.add_metric(labels, durations.upstream_buckets(), durations.upstream_total)
         return [request, upstream]
+
+    def _budgets(self) -> dict[str, int]:
+        if self._ratelimit is None:
+            return {}
+        tenants = self._tenants
+        return {t: left for t, left in self._ratelimit.remaining().items() if t in tenants}
 
     def _expiries(self) -> dict[str, float]:
         if self._tokens is None:
@@ -373,6 +402,9 @@ class _ScrapeTimeGauges:
             CounterMetricFamily(REQUESTS, ""),
             CounterMetricFamily(FETCHES, ""),
             CounterMetricFamily(UPSTREAM_RETRIES, ""),
+            CounterMetricFamily(RATELIMIT_HELD, ""),
+            CounterMetricFamily(RATELIMIT_REJECTED, ""),
+            CounterMetricFamily(UPSTREAM_429, ""),
             HistogramMetricFamily(REQUEST_DURATION, ""),
             HistogramMetricFamily(UPSTREAM_DURATION, ""),
         ]
@@ -388,14 +420,3 @@ _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 def _status_text(status: int) -> str:
     text = _STATUS_TEXT.get(status)
     return str(status) if text is None else text
-
-
-def _header_int(headers: Mapping[str, str], name: str) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        return None
-    return number if number >= 0 else None

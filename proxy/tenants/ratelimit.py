@@ -191,7 +191,7 @@ class _Waiter(Generic[T]):
 class TenantBudget(Generic[T]):
     """A tenant's token windows and its queue of held requests."""
 
-    def __init__(self, tenant: str, limiter: RateLimiter) -> None:
+    def __init__(self, tenant: str, limiter: RateLimiter[T]) -> None:
         self.tenant = tenant
         self._limiter = limiter
         self._windows: dict[T, TokenWindow] = {}
@@ -325,8 +325,9 @@ class TenantBudget(Generic[T]):
 
     def _take(self, tokens: Sequence[T]) -> Lease[T] | None:
         """A lease on the token with the most budget left, or None if none has any."""
-        if len(self._windows) > len(tokens):
-            self._prune(tokens)
+        windows = self._windows
+        if len(windows) != len(tokens) or any(token not in windows for token in tokens):
+            self._sync(tokens)
         now = self._limiter.clock()
         best: T | None = None
         most = 0
@@ -349,11 +350,13 @@ class TenantBudget(Generic[T]):
             window = self._windows[token] = TokenWindow()
         return window
 
-    def _prune(self, tokens: Sequence[T]) -> None:
-        """Forget the windows of tokens that left the pool (refreshed, dropped, revoked)."""
+    def _sync(self, tokens: Sequence[T]) -> None:
+        """Follow the pool: forget tokens that left it (refreshed, dropped, revoked), add new."""
         keep = set(tokens)
         for token in [t for t in self._windows if t not in keep]:
             del self._windows[token]
+        for token in tokens:
+            self._window(token)
 
     def _predicted_wait(self, position: int, now: float) -> float:
         """Seconds until the request `position` places behind the front could go out."""
@@ -497,7 +500,7 @@ async def _wait_for_lease(waiter: _Waiter[T]) -> None:
             raise ConnectionResetError("the client went away while its request was held")
 
 
-class RateLimiter:
+class RateLimiter(Generic[T]):
     """The proxy's rate-limit policy: settings (reloadable), the tenants' budgets, metrics."""
 
     def __init__(
@@ -513,7 +516,7 @@ class RateLimiter:
         self._observer = observer
         self._max_tenants = max_tenants
         # Least recently used first; bounded like the token cache.
-        self._budgets: OrderedDict[str, TenantBudget[Hashable]] = OrderedDict()
+        self._budgets: OrderedDict[str, TenantBudget[T]] = OrderedDict()
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded `genesys.rate_limit` at once, to held requests too."""
@@ -526,7 +529,7 @@ class RateLimiter:
 
     # -- budgets ---------------------------------------------------------------------------------
 
-    def budget(self, tenant: str) -> TenantBudget[Hashable]:
+    def budget(self, tenant: str) -> TenantBudget[T]:
         """The tenant's budget, made on first use."""
         budget = self._budgets.get(tenant)
         if budget is None:
@@ -538,7 +541,7 @@ class RateLimiter:
             self._budgets.move_to_end(tenant)
         return budget
 
-    def peek(self, tenant: str) -> TenantBudget[Hashable] | None:
+    def peek(self, tenant: str) -> TenantBudget[T] | None:
         return self._budgets.get(tenant)
 
     def forget(self, tenant: str) -> None:
