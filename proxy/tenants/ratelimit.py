@@ -209,6 +209,11 @@ class TenantBudget(Generic[T]):
         """Requests held right now."""
         return sum(1 for waiter in self._queue if not waiter.future.done())
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on the tenant's tokens and not answered yet."""
+        return sum(window.in_flight for window in self._windows.values())
+
     def remaining(self) -> int | None:
         """Requests left in the current windows of the tenant's tokens (None: none known yet)."""
         now = self._limiter.clock()
