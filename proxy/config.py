@@ -100,7 +100,7 @@ class RateLimitConfig:
     max_wait: float = 5.0
     retries: int = 2  # upstream 429s replayed per request
     tokens_per_tenant: int = 1
-    max_waiting: int = 100  # requests of one tenant held at once; more get rate_limited
+    max_waiting: int = 1000  # requests of one tenant held at once; more get rate_limited
 
 
 @dataclass(frozen=True)

@@ -404,3 +404,28 @@ def test_limiter_forgets_evicted_tenants_and_stays_bounded(
     limiter.forget("b")
     assert limiter.peek("b") is None
     assert limiter.peek("c") is not None
+
+
+async def test_once_the_window_is_known_held_requests_that_cannot_make_it_are_refused_at_once(
+    clock: FakeClock, counts: Counts
+) -> None:
+    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=5).budget("acme")
+    probe = await budget.acquire(lambda: ("t1",))
+    held = [asyncio.create_task(budget.acquire(lambda: ("t1",))) for _ in range(5)]
+    await settle()
+    assert budget.waiting == 5  # the window is unknown: everyone waits for the probe
+
+    probe.answered(200, window(2, 1, 4))  # one left now; two more in 4 s; the rest in 8 s
+    await settle()
+
+    assert held[0].done()
+    assert not held[0].exception()
+    assert [task.done() for task in held[1:]] == [False, False, True, True]
+    for task in held[3:]:
+        refused = task.exception()
+        assert isinstance(refused, RateLimited)
+        assert refused.retry_after == 8
+    assert counts.rejected == ["acme", "acme"]
+    for task in held[1:3]:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)

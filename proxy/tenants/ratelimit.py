@@ -63,7 +63,7 @@ class RateLimitSettings:
     max_wait: float = 5.0
     retries: int = 2
     tokens_per_tenant: int = 1
-    max_waiting: int = 100
+    max_waiting: int = 1000
 
     @classmethod
     def from_config(cls, config: Config) -> RateLimitSettings:
@@ -186,6 +186,7 @@ class _Waiter(Generic[T]):
 
     future: asyncio.Future[Lease[T]]
     gone: Callable[[], bool] | None
+    deadline: float  # the limiter's clock: when max_wait is up
 
 
 class TenantBudget(Generic[T]):
@@ -300,7 +301,8 @@ class TenantBudget(Generic[T]):
                 f"longer than genesys.rate_limit.max_wait ({settings.max_wait:g} s)",
                 predicted,
             )
-        waiter: _Waiter[T] = _Waiter(asyncio.get_running_loop().create_future(), gone)
+        future: asyncio.Future[Lease[T]] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(future, gone, now + settings.max_wait)
         self._queue.append(waiter)
         self._limiter.held(self.tenant, "budget")
         self._arm_timer(now)
@@ -365,21 +367,23 @@ class TenantBudget(Generic[T]):
 
     def _predicted_wait(self, position: int, now: float) -> float:
         """Seconds until the request `position` places behind the front could go out."""
-        grow = self._grow is not None
+        forecast = self._forecast(now)
+        return 0.0 if forecast is None else _wait_at(position, *forecast)
+
+    def _forecast(self, now: float) -> tuple[float, int, float] | None:
+        """(seconds to the first reset, requests per round of resets, window length), or None
+        while no forecast can be made: a token's window is unknown or the pool can grow."""
         tokens = self._tokens()
-        if grow and len(tokens) < self._limiter.settings.tokens_per_tenant:
-            return 0.0  # another token is (or will be) on its way
+        if self._grow is not None and len(tokens) < self._limiter.settings.tokens_per_tenant:
+            return None  # another token is (or will be) on its way
         windows = [self._window(token) for token in tokens]
         for window in windows:
             window.roll(now)
         if not windows or any(w.allowed is None or w.resets_at == math.inf for w in windows):
-            return 0.0  # answers in flight will tell; the wait stays bounded by max_wait
+            return None  # answers in flight will tell; the wait stays bounded by max_wait
         capacity = sum(w.allowed or 0 for w in windows)
-        if capacity <= 0:
-            return math.inf
-        first_reset = min(w.resets_at for w in windows) - now
-        length = max(w.length for w in windows)
-        return max(0.0, first_reset) + (position // capacity) * length
+        first_reset = max(0.0, min(w.resets_at for w in windows) - now)
+        return first_reset, capacity, max(w.length for w in windows)
 
     # -- growing the pool ------------------------------------------------------------------------
 
@@ -446,14 +450,42 @@ class TenantBudget(Generic[T]):
             queue.popleft()
             waiter.future.set_result(lease)
         if queue:
-            self._arm_timer(self._limiter.clock())
+            now = self._limiter.clock()
+            self._refuse_hopeless(now)
+            self._arm_timer(now)
+
+    def _refuse_hopeless(self, now: float) -> None:
+        """Refuse at once the held requests that cannot go out before their max_wait is up.
+
+        Until a token's window is known every request is held; once Genesys described it, the
+        ones placed later than the windows within reach will hold would only time out.
+        """
+        forecast = self._forecast(now)
+        if forecast is None:
+            return
+        settings = self._limiter.settings
+        position = 0
+        for waiter in self._queue:
+            if waiter.future.done():
+                continue
+            predicted = _wait_at(position, *forecast)
+            if now + predicted > waiter.deadline:
+                waiter.future.set_exception(
+                    self._refuse(
+                        f"the tenant's Genesys rate-limit budget is used up for {predicted:.1f} "
+                        f"s, longer than genesys.rate_limit.max_wait ({settings.max_wait:g} s)",
+                        predicted,
+                    )
+                )
+                continue
+            position += 1
 
     def _give_back(self, waiter: _Waiter[T]) -> None:
         """A held request gave up (cancelled, client gone): return a lease it was handed."""
         future = waiter.future
         if not future.done():
             future.cancel()
-        elif not future.cancelled():
+        elif not future.cancelled() and future.exception() is None:
             lease = future.result()
             if not lease._settled:
                 lease._settled = True
@@ -490,6 +522,13 @@ class TenantBudget(Generic[T]):
             self._timer, self._timer_at = None, math.inf
         if self._growing is not None:
             self._growing.cancel()
+
+
+def _wait_at(position: int, first_reset: float, capacity: int, length: float) -> float:
+    """The wait of the request `position` places behind the front, by a window forecast."""
+    if capacity <= 0:
+        return math.inf
+    return first_reset + (position // capacity) * length
 
 
 async def _wait_for_lease(waiter: _Waiter[T]) -> None:
