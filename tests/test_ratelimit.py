@@ -176,13 +176,15 @@ async def test_a_reset_beyond_max_wait_is_refused_at_once_and_reserves_nothing(
 async def test_requests_that_would_wait_for_a_later_window_are_refused_at_once(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=5).budget("acme")
+    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=4.5).budget("acme")
     await known(budget, ["t1"], allowed=2, count=2, reset=3)  # next window in 3 s, holds 2
     held = [asyncio.create_task(budget.acquire(lambda: ("t1",))) for _ in range(2)]
     await settle()
 
     with pytest.raises(RateLimited) as refused:
-        await budget.acquire(lambda: ("t1",))  # third in line: the window after, 3 + 3 > 5 s
+        await budget.acquire(
+            lambda: ("t1",)
+        )  # third in line: the window after, 2 + 3 > 4.5 s (resets may come 1 s early)
 
     assert refused.value.retry_after == 6
     for task in held:
@@ -429,3 +431,24 @@ async def test_once_the_window_is_known_held_requests_that_cannot_make_it_are_re
     for task in held[1:3]:
         task.cancel()
     await asyncio.gather(*held, return_exceptions=True)
+
+
+async def test_one_request_tries_early_since_a_rounded_reset_may_come_a_second_sooner(
+    clock: FakeClock, counts: Counts
+) -> None:
+    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    await known(budget, ["t1"], allowed=2, count=2, reset=3)
+    clock.advance(2.1)  # inin-ratelimit-reset said 3, so the reset is somewhere in (2, 3]
+
+    early = await budget.acquire(lambda: ("t1",))
+    behind = asyncio.create_task(budget.acquire(lambda: ("t1",)))
+    await settle()
+    assert not behind.done()  # only one tries early
+
+    early.answered(429, {**window(2, 2, 1), "Retry-After": "1"})  # too early after all
+    budget.release()
+    await settle()
+    assert not behind.done()  # no second early try in this window
+    clock.advance(1)
+    budget.release()
+    assert (await behind).token == "t1"

@@ -51,8 +51,12 @@ GROW_AT = 0.8
 # How often a held request checks that its client is still there: aiohttp does not cancel a
 # handler whose client hangs up, and a held request must not go out for nobody.
 GONE_POLL_SECONDS = 0.1
-# `inin-ratelimit-reset` is in whole seconds, rounded up: two answers of one window can disagree
-# by a second plus their latency. A reset later than that by more is a new window.
+# `inin-ratelimit-reset` is in whole seconds, rounded up: a window may reset up to this much
+# before the time it gives. One request (an early probe) may try then; if Genesys refuses it, the
+# token waits for the full reset.
+RESET_ROUNDING = 1.0
+# Two answers of one window can disagree by the rounding plus their latency. A reset later than
+# that by more is a new window.
 SAME_WINDOW_SLACK = 1.5
 
 
@@ -89,7 +93,7 @@ class RateLimitObserver(Protocol):
 class TokenWindow:
     """One token's current rate-limit window, as far as Genesys' answers have described it."""
 
-    __slots__ = ("allowed", "count", "in_flight", "length", "resets_at")
+    __slots__ = ("allowed", "count", "early_probe", "in_flight", "length", "resets_at")
 
     def __init__(self) -> None:
         self.allowed: int | None = None  # unknown until the token's first answer
@@ -100,6 +104,8 @@ class TokenWindow:
         self.resets_at = math.inf
         # The longest reset seen: about the window's length, to predict later windows.
         self.length = 0.0
+        # Whether one request may try in the last RESET_ROUNDING seconds before `resets_at`.
+        self.early_probe = True
 
     def __repr__(self) -> str:
         return (
@@ -112,13 +118,23 @@ class TokenWindow:
         if now >= self.resets_at:
             self.count = 0
             self.resets_at = math.inf
+            self.early_probe = True
 
     def available(self, now: float) -> int:
         """Requests that may go out on this token now, those in flight counted as spent."""
         self.roll(now)
         if self.allowed is None:
             return max(0, PROBES_PER_UNKNOWN_TOKEN - self.in_flight)
-        return max(0, self.allowed - self.count - self.in_flight)
+        available = self.allowed - self.count - self.in_flight
+        if available <= 0 and self.in_flight == 0 and now >= self.next_chance():
+            return 1  # the window may have reset already: one request finds out
+        return max(0, available)
+
+    def next_chance(self) -> float:
+        """The earliest time the window may have reset (inf: it has not been told)."""
+        if self.early_probe:
+            return self.resets_at - RESET_ROUNDING
+        return self.resets_at
 
     def left(self, now: float) -> int | None:
         """What Genesys would say is left in the window (None: not known yet)."""
@@ -153,7 +169,8 @@ class TokenWindow:
         self.roll(now)
         if self.allowed is not None:
             self.count = max(self.count, self.allowed)
-        self.resets_at = now + seconds if self.resets_at == math.inf else self.resets_at
+        self.resets_at = min(self.resets_at, now + seconds)
+        self.early_probe = False
 
 
 class Lease(Generic[T]):
@@ -293,14 +310,10 @@ class TenantBudget(Generic[T]):
             raise self._refuse(
                 f"{waiting} requests are already held for Genesys rate-limit budget "
                 "(genesys.rate_limit.max_waiting)",
-                predicted,
+                self._predicted_wait(waiting, now, earliest=False),
             )
         if predicted > settings.max_wait:
-            raise self._refuse(
-                f"the tenant's Genesys rate-limit budget is used up for {predicted:.1f} s, "
-                f"longer than genesys.rate_limit.max_wait ({settings.max_wait:g} s)",
-                predicted,
-            )
+            raise self._used_up(waiting, now)
         future: asyncio.Future[Lease[T]] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(future, gone, now + settings.max_wait)
         self._queue.append(waiter)
@@ -315,7 +328,7 @@ class TenantBudget(Generic[T]):
                 raise self._refuse(
                     "no Genesys rate-limit budget came free within genesys.rate_limit.max_wait "
                     f"({settings.max_wait:g} s)",
-                    self._predicted_wait(0, self._limiter.clock()),
+                    self._predicted_wait(0, self._limiter.clock(), earliest=False),
                 ) from None
         except BaseException:
             self._give_back(waiter)
@@ -323,6 +336,17 @@ class TenantBudget(Generic[T]):
         finally:
             self._unqueue(waiter)
         return waiter.future.result()
+
+    def _used_up(self, position: int, now: float) -> RateLimited:
+        # Refused counting on the earliest reset the rounded headers allow; the app is told the
+        # latest, so that it does not come back too early.
+        seconds = self._predicted_wait(position, now, earliest=False)
+        max_wait = self._limiter.settings.max_wait
+        return self._refuse(
+            f"the tenant's Genesys rate-limit budget is used up for {seconds:.0f} s, longer "
+            f"than genesys.rate_limit.max_wait ({max_wait:g} s)",
+            seconds,
+        )
 
     def _refuse(self, message: str, retry_after: float) -> RateLimited:
         self._limiter.rejected(self.tenant)
@@ -365,12 +389,13 @@ class TenantBudget(Generic[T]):
         for token in tokens:
             self._window(token)
 
-    def _predicted_wait(self, position: int, now: float) -> float:
-        """Seconds until the request `position` places behind the front could go out."""
-        forecast = self._forecast(now)
+    def _predicted_wait(self, position: int, now: float, *, earliest: bool = True) -> float:
+        """Seconds until the request `position` places behind the front could go out, counting
+        on the earliest reset the rounded headers allow (`earliest`) or on the latest."""
+        forecast = self._forecast(now, earliest=earliest)
         return 0.0 if forecast is None else _wait_at(position, *forecast)
 
-    def _forecast(self, now: float) -> tuple[float, int, float] | None:
+    def _forecast(self, now: float, *, earliest: bool = True) -> tuple[float, int, float] | None:
         """(seconds to the first reset, requests per round of resets, window length), or None
         while no forecast can be made: a token's window is unknown or the pool can grow."""
         tokens = self._tokens()
@@ -382,7 +407,8 @@ class TenantBudget(Generic[T]):
         if not windows or any(w.allowed is None or w.resets_at == math.inf for w in windows):
             return None  # answers in flight will tell; the wait stays bounded by max_wait
         capacity = sum(w.allowed or 0 for w in windows)
-        first_reset = max(0.0, min(w.resets_at for w in windows) - now)
+        resets = (w.next_chance() if earliest else w.resets_at for w in windows)
+        first_reset = max(0.0, min(resets) - now)
         return first_reset, capacity, max(w.length for w in windows)
 
     # -- growing the pool ------------------------------------------------------------------------
@@ -463,20 +489,13 @@ class TenantBudget(Generic[T]):
         forecast = self._forecast(now)
         if forecast is None:
             return
-        settings = self._limiter.settings
         position = 0
         for waiter in self._queue:
             if waiter.future.done():
                 continue
             predicted = _wait_at(position, *forecast)
             if now + predicted > waiter.deadline:
-                waiter.future.set_exception(
-                    self._refuse(
-                        f"the tenant's Genesys rate-limit budget is used up for {predicted:.1f} "
-                        f"s, longer than genesys.rate_limit.max_wait ({settings.max_wait:g} s)",
-                        predicted,
-                    )
-                )
+                waiter.future.set_exception(self._used_up(position, now))
                 continue
             position += 1
 
@@ -498,7 +517,7 @@ class TenantBudget(Generic[T]):
 
     def _arm_timer(self, now: float) -> None:
         """Wake the queue when the first window resets (answers wake it before that)."""
-        resets = [w.resets_at for w in self._windows.values() if math.isfinite(w.resets_at)]
+        resets = [w.next_chance() for w in self._windows.values() if math.isfinite(w.resets_at)]
         if not resets:
             return
         at = min(resets)
