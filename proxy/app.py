@@ -1,8 +1,18 @@
 """Wiring: build the proxy and admin aiohttp applications from one Config.
 
-The proxy app owns every long-lived resource through one `cleanup_ctx` entry (`Runtime`): the
-upstream HTTP session, the credential source and store, and the token manager. The admin app
-(`proxy.ops.admin`) reads the same Runtime and the same `Metrics`, so both listeners see one state.
+Each long-lived resource is one `cleanup_ctx` entry and one `web.AppKey`, opened in this order
+and closed in reverse:
+
+    HTTP_SESSION   the upstream aiohttp session (Genesys login and API)
+    SOURCE         the credential source (Vault, kept logged in; or the file)
+    OAUTH          the Genesys login client (its background revocations)
+    CREDENTIALS    the credential store, a policy over TABLE (its re-reads)
+    TOKENS         the token manager, a policy over TABLE (its fetches and refreshes)
+    FORWARDER, TOKEN_ENDPOINT   the request handlers, built from the above
+
+TABLE (the tenant table), METRICS, RATELIMIT (the rate-limit policy; each tenant's budget lives
+on its table object) and LIFECYCLE are plain state, made with the app. The admin
+app (`proxy.ops.admin`) reads the same keys, so both listeners see one state.
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -28,41 +38,35 @@ from proxy.http.forward import (
 from proxy.http.token_endpoint import TokenEndpoint, local_endpoint_disabled
 from proxy.ops.access_log import RequestObserver, access_middleware
 from proxy.ops.metrics import Metrics
-from proxy.tenants.credentials import (
-    CredentialStore,
-    VaultCredentialSource,
-    create_credential_source,
-)
+from proxy.tenants.credentials import CredentialSource, CredentialStore, create_credential_source
+from proxy.tenants.oauth import GenesysTokenFetcher, Token
 from proxy.tenants.ratelimit import RateLimiter, RateLimitSettings
-from proxy.tenants.tokens import GenesysTokenFetcher, Token, TokenManager
-from proxy.vault.renewal import VaultRenewer
+from proxy.tenants.table import TenantTable
+from proxy.tenants.tokens import TokenManager
 
 log = logging.getLogger("proxy.app")
 
 
 @dataclass
-class Runtime:
-    """The live state both listeners share."""
+class Lifecycle:
+    """Where the proxy is in its life: the admin page's uptime, readiness's draining."""
 
-    config: Config
-    credentials: CredentialStore
-    tokens: TokenManager
-    session: aiohttp.ClientSession
-    forwarder: Forwarder
-    token_endpoint: TokenEndpoint
-    metrics: Metrics
-    ratelimit: RateLimiter[Token]
     started_at: float = field(default_factory=time.time)
     draining: bool = False
-
-    async def ready(self) -> bool:
-        """Serving normally: not shutting down, and the credential source is usable."""
-        return not self.draining and await self.credentials.ready()
 
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
-RUNTIME = web.AppKey("runtime", Runtime)
+TABLE = web.AppKey("tenant_table", TenantTable)
+RATELIMIT = web.AppKey("ratelimit", RateLimiter[Token])
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+SOURCE = web.AppKey("credential_source", CredentialSource)
+OAUTH = web.AppKey("oauth", GenesysTokenFetcher)
+CREDENTIALS = web.AppKey("credentials", CredentialStore)
+TOKENS = web.AppKey("tokens", TokenManager)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+TOKEN_ENDPOINT = web.AppKey("token_endpoint", TokenEndpoint)
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | bool:
@@ -71,11 +75,9 @@ def _ssl_context(config: Config) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(config.genesys.ca_file))
 
 
-async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the session, credential source and token manager; close them in reverse."""
-    config, metrics = app[CONFIG], app[METRICS]
+async def _http_session_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(
-        ssl=_ssl_context(config),
+        ssl=_ssl_context(app[CONFIG]),
         limit=0,  # the app's own concurrency is the limit; a pool cap would only queue
         ttl_dns_cache=60,
         keepalive_timeout=30,
@@ -92,93 +94,129 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=SKIP_AUTO_HEADERS,
     )
-    source = create_credential_source(config, on_vault_request=metrics.vault_request)
+    app[HTTP_SESSION] = session
     try:
-        await source.start()
-        store = CredentialStore(
-            source,
-            ttl=config.credentials.ttl,
-            negative_ttl=config.credentials.negative_ttl,
-            stale_ttl=config.credentials.stale_ttl,
-            max_entries=config.tenant.max_tenants,
-        )
-        fetcher = GenesysTokenFetcher(
-            session,
-            config.genesys.login_url,
-            timeout=config.genesys.timeout,
-            connect_timeout=config.genesys.connect_timeout,
-        )
-        tokens = TokenManager(
-            store,
-            fetcher,
-            refresh_at=config.genesys.refresh_at,
-            max_tenants=config.tenant.max_tenants,
-            observer=metrics,
-        )
-        observer = RequestObserver(metrics)
-        tenants = TenantResolver(config, observer)
-        settings = ForwardSettings.from_config(config)
-        ratelimit: RateLimiter[Token] = RateLimiter(
-            RateLimitSettings.from_config(config),
-            observer=metrics,
-            max_tenants=config.tenant.max_tenants,
-        )
-        runtime = Runtime(
-            config=config,
-            credentials=store,
-            tokens=tokens,
-            session=session,
-            forwarder=Forwarder(settings, tenants, tokens, session, observer, ratelimit=ratelimit),
-            token_endpoint=TokenEndpoint(tenants, tokens),
-            metrics=metrics,
-            ratelimit=ratelimit,
-        )
-        app[RUNTIME] = runtime
-        metrics.track_tokens(tokens)
-        metrics.track_ratelimit(ratelimit)
-        try:
-            yield
-        finally:
-            runtime.draining = True
-            metrics.track_tokens(None)
-            metrics.track_ratelimit(None)
-            ratelimit.close()
-            await tokens.close()
-            await store.close()
+        yield
     finally:
-        await source.close()
         await session.close()
 
 
-async def _vault_renewal_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Keep the Vault token alive (renew, log in again) while the app runs; Vault source only."""
-    source = app[RUNTIME].credentials.source
-    if not isinstance(source, VaultCredentialSource):
-        yield
-        return
-    async with VaultRenewer(source.session).running():
-        yield
+async def _source_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the credential source and keep it usable (Vault: renew, log in again) meanwhile."""
+    source = create_credential_source(app[CONFIG], on_vault_request=app[METRICS].vault_request)
+    try:
+        await source.start()
+        app[SOURCE] = source
+        async with source.kept_alive():
+            yield
+    finally:
+        await source.close()
 
 
-# The router freezes before resources open, so routes dispatch through the Runtime.
+async def _oauth_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    oauth = GenesysTokenFetcher(
+        app[HTTP_SESSION],
+        config.genesys.login_url,
+        api_url_template=config.genesys.api_url,
+        timeout=config.genesys.timeout,
+        connect_timeout=config.genesys.connect_timeout,
+    )
+    app[OAUTH] = oauth
+    try:
+        yield
+    finally:
+        await oauth.close()
+
+
+async def _credentials_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = CredentialStore(
+        app[TABLE],
+        app[SOURCE],
+        ttl=config.credentials.ttl,
+        stale_ttl=config.credentials.stale_ttl,
+        revoker=app[OAUTH],
+        observer=app[METRICS],
+    )
+    app[CREDENTIALS] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _tokens_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    tokens = TokenManager(
+        app[TABLE],
+        app[CREDENTIALS],
+        app[OAUTH],
+        refresh_at=config.genesys.refresh_at,
+        pool_size=config.genesys.rate_limit.tokens_per_tenant,
+        observer=app[METRICS],
+    )
+    app[TOKENS] = tokens
+    try:
+        yield
+    finally:
+        await tokens.close()
+
+
+async def _handlers_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, tokens = app[CONFIG], app[TOKENS]
+    observer = RequestObserver(app[METRICS])
+    tenants = TenantResolver(config, observer)
+    settings = ForwardSettings.from_config(config)
+    ratelimit = app[RATELIMIT]
+    app[FORWARDER] = Forwarder(
+        settings, tenants, tokens, app[HTTP_SESSION], observer, ratelimit=ratelimit
+    )
+    app[TOKEN_ENDPOINT] = TokenEndpoint(tenants, tokens, ratelimit)
+    try:
+        yield
+    finally:
+        app[LIFECYCLE].draining = True
+        ratelimit.close()
+
+
+def reconfigure(app: web.Application, config: Config) -> None:
+    """Apply the keys that take effect at once (the reload seam; see DESIGN "Signals")."""
+    app[CREDENTIALS].reconfigure(config)
+    app[TOKENS].reconfigure(config)
+    app[RATELIMIT].reconfigure(config)
+
+
+# The router freezes before resources open, so routes dispatch through the app's keys.
 async def _forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[RUNTIME].forwarder(request)
+    return await request.app[FORWARDER](request)
 
 
 async def _get_token(request: web.Request) -> web.StreamResponse:
-    return await request.app[RUNTIME].token_endpoint.get_token(request)
+    return await request.app[TOKEN_ENDPOINT].get_token(request)
 
 
 async def _oauth_token(request: web.Request) -> web.StreamResponse:
-    return await request.app[RUNTIME].token_endpoint.oauth_token(request)
+    return await request.app[TOKEN_ENDPOINT].oauth_token(request)
 
 
-def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
-    """The app-facing proxy application; its metrics go to `registry` (a fresh one if None)."""
+def create_app(
+    config: Config,
+    registry: CollectorRegistry | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """The app-facing proxy application; its metrics go to `registry` (a fresh one if None).
+
+    `clock` is the tenant table's (credential records' ages), so tests can age records at will.
+    """
+    table = TenantTable(
+        config.tenant.max_tenants, negative_ttl=config.credentials.negative_ttl, clock=clock
+    )
     metrics = Metrics(
         registry if registry is not None else CollectorRegistry(),
+        table=table,
         tenant_label=config.metrics.tenant_label,
-        max_tenants=config.tenant.max_tenants,
     )
     app = web.Application(
         # The access middleware is outermost: it sees the proxy's own error answers too.
@@ -187,8 +225,16 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     app[CONFIG] = config
     app[METRICS] = metrics
-    app.cleanup_ctx.append(_runtime_ctx)
-    app.cleanup_ctx.append(_vault_renewal_ctx)  # after the runtime: stops before it closes
+    app[TABLE] = table
+    app[RATELIMIT] = RateLimiter(
+        RateLimitSettings.from_config(config),
+        observer=metrics,
+        budgets=lambda: [tenant.budget for tenant in table if tenant.budget is not None],
+    )
+    app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.extend(
+        [_http_session_ctx, _source_ctx, _oauth_ctx, _credentials_ctx, _tokens_ctx, _handlers_ctx]
+    )
     local = config.local_token_endpoint
     app.router.add_get(
         "/auth/token", _get_token if local else local_endpoint_disabled, allow_head=False

@@ -17,7 +17,7 @@ from typing import cast
 
 from aiohttp import web
 
-from proxy.app import RUNTIME, create_app
+from proxy.app import LIFECYCLE, create_app
 from proxy.config import Config
 from proxy.http.listener import listener_options
 from proxy.ops.admin import create_admin_app
@@ -91,9 +91,7 @@ class Server:
 
     async def shutdown(self) -> None:
         """Drain: refuse readiness, stop accepting, let in-flight requests finish, close."""
-        runtime = self.proxy_app.get(RUNTIME)
-        if runtime is not None:
-            runtime.draining = True
+        self.proxy_app[LIFECYCLE].draining = True
         grace = self.config.listen.shutdown_grace
         log.info("shutting down: in-flight requests get up to %gs", grace)
         await self.close()

@@ -30,8 +30,9 @@ from proxy.config import Config, LogConfig
 from proxy.errors import ConfigError, InvalidTenantCredentials, ProxyError
 from proxy.ops.logs import configure_logging
 from proxy.regions import DOMAINS, REGIONS, resolve_region
-from proxy.tenants.credentials import parse_record
-from proxy.tenants.tokens import GenesysTokenFetcher
+from proxy.tenants.oauth import GenesysTokenFetcher
+from proxy.tenants.record import mask_secret as mask_record_secret
+from proxy.tenants.record import parse_record, record_field
 from proxy.vault.session import VaultSession
 
 MASK = "********"
@@ -140,8 +141,8 @@ def read_secret(stdin: TextIO, tenant: str) -> str:
 
 
 def mask_secret(secret: str) -> str:
-    """`********wxyz`: the last 4 characters, and only for a secret long enough to spare them."""
-    return MASK + secret[-4:] if len(secret) >= 12 else MASK
+    """`********wxyz`: the record's masking, with the CLI's longer mask."""
+    return mask_record_secret(secret, mask=MASK)
 
 
 def fail(message: str) -> int:
@@ -298,11 +299,11 @@ class TenantCommand:
 
     def _describe(self, tenant: str, data: Mapping[str, Any]) -> dict[str, Any]:
         """A record for display: every secret masked; a broken record says what is wrong."""
-        secret = data.get("client_secret") or data.get("clientSecret")
+        secret = record_field(data, "client_secret")
         row: dict[str, Any] = {
             "tenant": tenant,
             "path": self.where(tenant),
-            "client_id": data.get("client_id") or data.get("clientId"),
+            "client_id": record_field(data, "client_id"),
             "client_secret": mask_secret(secret) if isinstance(secret, str) else None,
             "region": data.get("region"),
             "domain": None,

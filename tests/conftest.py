@@ -26,12 +26,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import settings
 
-from proxy.app import RUNTIME, Runtime, create_app
+from proxy.app import CREDENTIALS, FORWARDER, METRICS, TABLE, TOKENS, create_app
 from proxy.config import parse_config
+from proxy.http.forward import Forwarder
 from proxy.http.listener import listener_options
 from proxy.ops.admin import create_admin_app
+from proxy.ops.metrics import Metrics
 from proxy.regions import resolve_region
 from proxy.simulator import GenesysSimulator
+from proxy.tenants.credentials import CredentialStore
+from proxy.tenants.table import TenantTable
+from proxy.tenants.tokens import TokenManager
 
 # Property tests: a bounded example count, so .ci/run stays quick; no deadline, because tests
 # never assert wall-clock times (the machine is shared); derandomized, so a gate run cannot fail
@@ -342,9 +347,12 @@ class ProxyHarness:
             },
         }
 
-    async def start(self, overrides: Mapping[str, Any] | None = None) -> ProxyHarness:
+    async def start(
+        self, overrides: Mapping[str, Any] | None = None, *, clock: FakeClock | None = None
+    ) -> ProxyHarness:
+        """Serve a proxy app; with `clock`, credential records age by it (not by real time)."""
         config = parse_config(deep_merge(self.base_config(), overrides or {}))
-        self.app = create_app(config)
+        self.app = create_app(config) if clock is None else create_app(config, clock=clock)
         self.client = await self._serve(ProxyTestServer(self.app, listener_options(config.listen)))
         self.admin = await self._serve(TestServer(create_admin_app(self.app)))
         return self
@@ -354,10 +362,29 @@ class ProxyHarness:
         await server.start_server(access_log=None)
         return await self._aiohttp_client(server)
 
+    def _app(self) -> web.Application:
+        assert self.app is not None, "call harness.start() first"
+        return self.app
+
     @property
-    def runtime(self) -> Runtime:
-        assert self.app is not None
-        return self.app[RUNTIME]
+    def table(self) -> TenantTable:
+        return self._app()[TABLE]
+
+    @property
+    def tokens(self) -> TokenManager:
+        return self._app()[TOKENS]
+
+    @property
+    def credentials(self) -> CredentialStore:
+        return self._app()[CREDENTIALS]
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._app()[METRICS]
+
+    @property
+    def forwarder(self) -> Forwarder:
+        return self._app()[FORWARDER]
 
     @property
     def base_url(self) -> str:

@@ -178,6 +178,6 @@ async def test_access_log_can_be_turned_off_while_metrics_keep_counting(
     response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
     assert response.status == 200
     assert access_records(caplog) == []
-    stats = harness.runtime.metrics.tenant_stats(acme.id)
+    stats = harness.metrics.tenant_stats(acme.id)
     assert stats is not None
     assert stats.requests == 1

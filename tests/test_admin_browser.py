@@ -109,7 +109,7 @@ async def test_admin_page_in_headless_chromium(
             await expect(page.get_by_role("status")).to_contain_text("Evicted")
             await expect(bad_row).to_have_count(0)
             await expect(good_row).to_have_count(1)
-            assert harness.runtime.tokens.state(bad.id) is None
+            assert harness.tokens.state(bad.id) is None
 
             await page.screenshot(path=str(ARTIFACTS / "admin-page-after-evict.png"))
             html = await page.content()

@@ -21,7 +21,9 @@ def manager_with(
     jitter: Callable[[], float],
     **options: float,
 ) -> TokenManager:
-    return TokenManager(credentials, fetcher, clock=clock, jitter=jitter, **options)  # type: ignore[arg-type]
+    return TokenManager(
+        credentials.table, credentials, fetcher, clock=clock, jitter=jitter, **options
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ async def test_backoff_doubles_per_consecutive_failure_up_to_the_cap(
     assert await fail_once(manager, fetcher, unavailable()) == 1.0
 
 
-async def test_jitter_is_full_but_never_below_the_base(
+async def test_jitter_is_half_fixed_half_drawn(
     credentials: FakeCredentials, fetcher: FakeFetcher, clock: FakeClock
 ) -> None:
     draws = iter([0.0, 0.25, 0.1, 0.9])
@@ -107,8 +109,8 @@ async def test_jitter_is_full_but_never_below_the_base(
         for _ in range(4):
             windows.append(await fail_once(manager, fetcher, unavailable()))
             clock.advance(windows[-1])
-        # Ceilings 1, 2, 4, 8 times the draws 0, .25, .1, .9, floored at the 1 s base.
-        assert windows == [1.0, 1.0, 1.0, pytest.approx(7.2)]
+        # Ceilings 1, 2, 4, 8: half of each fixed, the other half times the draws 0, .25, .1, .9.
+        assert windows == [0.5, 1.25, pytest.approx(2.2), pytest.approx(7.6)]
     finally:
         await manager.close()
 
@@ -172,11 +174,12 @@ async def test_an_expired_token_is_not_served_while_backing_off(
     manager: TokenManager, fetcher: FakeFetcher, clock: FakeClock
 ) -> None:
     await manager.get("acme")
-    clock.advance(269)
+    clock.advance(269.5)
     fetcher.errors = [unavailable() for _ in range(10)]
-    await manager.get("acme")  # still usable; starts a refresh that fails
+    await manager.get("acme")  # still usable; starts a refresh that fails (backoff 1 s)
     await until(lambda: fetcher.calls == 2)
-    clock.advance(1.0)  # now past usable_until (270), inside the backoff window
+    await until(lambda: manager.state("acme").state == "failing")  # type: ignore[union-attr]
+    clock.advance(0.6)  # now past usable_until (270), inside the backoff window (until 270.5)
     with pytest.raises(TokenUnavailable):
         await manager.get("acme")
     assert fetcher.calls == 2
@@ -222,6 +225,6 @@ async def test_admin_refresh_ignores_the_backoff_window(
 
 def test_backoff_settings_are_checked(credentials: FakeCredentials, fetcher: FakeFetcher) -> None:
     with pytest.raises(ValueError, match="backoff"):
-        TokenManager(credentials, fetcher, backoff_base=0)
+        TokenManager(credentials.table, credentials, fetcher, backoff_base=0)
     with pytest.raises(ValueError, match="backoff"):
-        TokenManager(credentials, fetcher, backoff_base=5, backoff_cap=1)
+        TokenManager(credentials.table, credentials, fetcher, backoff_base=5, backoff_cap=1)

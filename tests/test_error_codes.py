@@ -49,7 +49,7 @@ async def test_invalid_tenant_never_reaches_vault(harness: ProxyHarness, tenant:
         "/api/v2/users", headers={"X-Tenant-ID": tenant.encode().decode("latin-1")}
     )
     await expect_error(response, 400, "invalid_tenant", None)
-    assert harness.runtime.credentials.reads == 0
+    assert harness.credentials.reads == 0
 
 
 async def test_absolute_form_target_is_bad_request(harness: ProxyHarness) -> None:
@@ -207,7 +207,7 @@ async def test_a_bug_is_a_json_500_with_no_traceback(
     async def broken(tenant: str) -> None:
         raise RuntimeError("simulated bug with internal detail")
 
-    monkeypatch.setattr(harness.runtime.tokens, "get", broken)
+    monkeypatch.setattr(harness.tokens, "lookup", broken)
     response = await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": acme.id})
     await expect_error(response, 500, "internal_error", None)
     text = await response.text()

@@ -149,7 +149,7 @@ async def test_concurrent_cold_requests_share_one_token_fetch_and_one_vault_read
     assert statuses == [200] * 200
     assert harness.sim.token_requests(acme.client_id) == 1
     assert harness.vault.reads_of(acme.id) - reads_before == 1
-    assert harness.runtime.credentials.reads == 1
+    assert harness.credentials.reads == 1
 
 
 async def test_many_tenants_at_once_each_get_their_own_organisation(

@@ -139,11 +139,11 @@ async def test_malformed_requests_get_a_400_or_a_closed_connection(
     proxy: tuple[ProxyHarness, TenantInfo], caplog: pytest.LogCaptureFixture, make: Any
 ) -> None:
     harness, acme = proxy
-    reads = harness.runtime.credentials.reads
+    reads = harness.credentials.reads
     answer = await exchange(harness.client.port, make(acme.id))
     assert status_of(answer) in (400, 413, 431, None), answer[:200]
     assert harness.sim.api_requests(acme.client_id) == 1  # only still_serves' request got through
-    assert harness.runtime.credentials.reads == reads
+    assert harness.credentials.reads == reads
     assert_clean_log(caplog)
     await still_serves(harness, acme)
 
@@ -217,11 +217,11 @@ async def test_tenant_ids_aimed_at_the_vault_path_never_reach_vault(
     proxy: tuple[ProxyHarness, TenantInfo], caplog: pytest.LogCaptureFixture, tenant: str
 ) -> None:
     harness, _ = proxy
-    reads = harness.runtime.credentials.reads
+    reads = harness.credentials.reads
     answer = await exchange(harness.client.port, request(f"GET {ME} HTTP/1.1", tenant=tenant))
     assert status_of(answer) == 400
     assert b"X-Proxy-Error: invalid_tenant" in answer
-    assert harness.runtime.credentials.reads == reads
+    assert harness.credentials.reads == reads
     assert harness.vault.reads_of(tenant) == 0
     assert_clean_log(caplog)
 
@@ -315,7 +315,6 @@ async def test_a_flood_of_unknown_tenants_reads_vault_once_each_and_stays_bounde
     harness: ProxyHarness,
 ) -> None:
     await harness.start({"tenant": {"max_tenants": 50}, "credentials": {"negative_ttl": 300}})
-    runtime = harness.runtime
     ids = [f"{harness.prefix}ghost{n}" for n in range(40)]
 
     async def ask(tenant: str) -> int:
@@ -327,17 +326,17 @@ async def test_a_flood_of_unknown_tenants_reads_vault_once_each_and_stays_bounde
         statuses = await asyncio.gather(*(ask(t) for t in ids))
         assert set(statuses) == {404}
     # Once per id per negative-cache window, however many requests asked.
-    assert runtime.credentials.reads == len(ids)
+    assert harness.credentials.reads == len(ids)
     assert sum(harness.vault.reads_of(t) for t in ids) == len(ids)
 
     # Far more ids than the caches hold: what is kept stays within tenant.max_tenants.
     more = [f"{harness.prefix}flood{n}" for n in range(400)]
     for start in range(0, len(more), 50):
         await asyncio.gather(*(ask(t) for t in more[start : start + 50]))
-    assert runtime.credentials.reads == len(ids) + len(more)
-    assert len(runtime.credentials._unknown) <= 50
-    assert len(runtime.credentials._records) == 0
-    assert runtime.tokens.snapshot() == []  # no token bookkeeping for tenants that do not exist
+    assert harness.credentials.reads == len(ids) + len(more)
+    assert harness.table.unknown_count() <= 50
+    assert len(harness.table) == 0
+    assert harness.tokens.snapshot() == []  # no token bookkeeping for tenants that do not exist
 
 
 # -- Slow request bodies: `listen.idle_timeout` also bounds each wait for more of the body --------
@@ -384,7 +383,7 @@ async def test_a_body_that_stalls_before_it_is_complete_gets_408(
     impatient: tuple[ProxyHarness, TenantInfo], caplog: pytest.LogCaptureFixture
 ) -> None:
     harness, acme = impatient
-    reads = harness.runtime.credentials.reads
+    reads = harness.credentials.reads
     head = (
         f"POST /api/v2/sim/echo HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: {acme.id}\r\n"
         "Content-Length: 1000\r\n\r\n"
@@ -401,7 +400,7 @@ async def test_a_body_that_stalls_before_it_is_complete_gets_408(
     }
     # Answered before the token or Genesys were needed: nothing was sent upstream.
     assert harness.sim.api_requests(acme.client_id) == 1
-    assert harness.runtime.credentials.reads == reads
+    assert harness.credentials.reads == reads
     assert_clean_log(caplog)
     await still_serves(harness, acme)
 

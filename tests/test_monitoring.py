@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ProxyHarness
+from tests.conftest import FakeClock, ProxyHarness
 from tests.scrape import Scrape, scrape
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
@@ -45,14 +45,21 @@ def alert_rules() -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def exported(harness: ProxyHarness) -> Scrape:
-    """/metrics after traffic that gives every family a sample (a retry, a rejection, 429s)."""
+    """/metrics after traffic that gives every family a sample (a retry, a rejection, a change,
+    429s)."""
     good = harness.add_tenant("good")
     bad = harness.add_tenant("bad", vault_secret="fake-wrong-secret-0042")
-    await harness.start()
+    clock = FakeClock()
+    await harness.start(clock=clock)
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": good.id})
     harness.sim.revoke_tokens(good.client_id)
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": good.id})
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": bad.id})
+    # Bad's record fixed in Vault: the re-read after its ttl counts a rotation.
+    harness.vault.put_tenant(bad.id, bad.client_id, bad.client_secret, "ap-south-1")
+    clock.advance(301)
+    await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": bad.id})
+    await harness.credentials.settled()
     # The rate-limit families: a 429 replayed after its Retry-After (held), a 429 whose reset
     # is beyond max_wait (passed), then the proxy's own 429 for the used-up window (refused).
     harness.sim.inject_api_fault(status=429, retry_after=1, client_id=good.client_id)

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from proxy.app import CONFIG
 from proxy.errors import TokenUnavailable
 from tests.conftest import ProxyHarness
 
@@ -28,7 +29,7 @@ async def test_secrets_and_tokens_never_reach_the_logs(
     assert response.status == 200
     harness.sim.inject_login_fault(status=503, count=1)
     with pytest.raises(TokenUnavailable):  # the point is what the failure logged
-        await harness.runtime.tokens.refresh(good.id)
+        await harness.tokens.refresh(good.id)
     secrets = [good.client_secret, bad.client_secret, "fake-wrong-secret-7781"]
     tokens = harness.sim.issued_tokens()
     assert len(tokens) >= 2
@@ -39,11 +40,13 @@ async def test_secrets_and_tokens_never_reach_the_logs(
     for body in bodies[1:2]:
         for secret in secrets + tokens:
             assert secret not in body
-    runtime = harness.runtime
+    tenant = await harness.credentials.get(good.id)
     for value in (
-        runtime.config,
-        runtime.tokens.snapshot(),
-        await runtime.credentials.get(good.id),
+        harness.app[CONFIG] if harness.app is not None else None,
+        harness.tokens.snapshot(),
+        tenant,
+        tenant.record,
+        tenant.tokens,
     ):
         for secret in secrets + tokens:
             assert secret not in repr(value)

@@ -171,7 +171,7 @@ async def ride_through(
         stop.set()
         await running
     assert errors == []
-    assert harness.runtime.credentials.stale_served >= len(cached)
+    assert harness.credentials.stale_served >= len(cached)
 
 
 async def _true(value: bool) -> bool:
@@ -203,15 +203,27 @@ async def test_vault_stopped_and_restarted_mid_traffic(
     cached = short_lived(harness, ["a", "b", "c"])
     newcomer = harness.add_tenant("newcomer", region=REGION)
     dedicated_bao.tenants += [*cached, newcomer]
-    await harness.start({"credentials": {"ttl": 1}})
+    # A dev server comes back empty and is re-seeded: the proxy reaches it through a relay that
+    # keeps answering 503 until the data is back, as a real Vault (whose storage survives a
+    # restart) would look. Otherwise a re-read in the empty moment rightly cuts tenants off.
+    faults = VaultFaults(dedicated_bao.current.address)
+    relay = TestServer(faults.app, host="127.0.0.1")
+    await relay.start_server()
+    address = str(relay.make_url("")).rstrip("/")
+    await harness.start({"credentials": {"ttl": 1}, "vault": {"address": address}})
 
     async def outage() -> None:
         await asyncio.to_thread(dedicated_bao.stop)
+        faults.status = 503
 
     async def recovery() -> None:
         await asyncio.to_thread(dedicated_bao.restart)
+        faults.status = None
 
-    await ride_through(harness, cached, newcomer, outage, recovery, check_readiness=True)
+    try:
+        await ride_through(harness, cached, newcomer, outage, recovery, check_readiness=True)
+    finally:
+        await relay.close()
 
 
 async def test_sealed_vault_is_an_outage_until_unsealed(
@@ -347,5 +359,5 @@ async def test_upstream_timeouts_are_not_retried(harness: ProxyHarness) -> None:
     # One upstream attempt per app request: a timeout is reported, not multiplied.
     assert harness.sim.api_requests(acme.client_id) == 3
     # The bound comes from the config: genesys.timeout is the upstream read timeout.
-    timeout = harness.runtime.forwarder.settings.timeout
+    timeout = harness.forwarder.settings.timeout
     assert (timeout.sock_read, timeout.sock_connect) == (0.3, 2)

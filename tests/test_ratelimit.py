@@ -78,7 +78,7 @@ async def known(
 async def test_a_token_without_a_known_window_gets_one_probe_until_its_first_answer(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
     probe = await budget.acquire(lambda: ("t1",))
     held = asyncio.create_task(budget.acquire(lambda: ("t1",)))
     await settle()
@@ -96,7 +96,7 @@ async def test_a_token_without_a_known_window_gets_one_probe_until_its_first_ans
 async def test_no_more_requests_go_out_than_the_window_has_left_counting_those_in_flight(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=0.5).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts, max_wait=0.5))
     await known(budget, ["t1"], allowed=4, count=1, reset=10)
 
     leases = [await budget.acquire(lambda: ("t1",)) for _ in range(3)]
@@ -113,7 +113,7 @@ async def test_no_more_requests_go_out_than_the_window_has_left_counting_those_i
 async def test_each_request_goes_to_the_token_with_the_most_budget_left(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
     tokens = ("t1", "t2", "t3")
     probes = [await budget.acquire(lambda: tokens) for _ in tokens]  # one probe each
     for probe, count in zip(probes, (40, 10, 25), strict=True):
@@ -129,7 +129,7 @@ async def test_each_request_goes_to_the_token_with_the_most_budget_left(
 async def test_held_requests_are_released_in_arrival_order_when_the_window_resets(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=5).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts, max_wait=5))
     await known(budget, ["t1"], allowed=2, count=2, reset=2)
     released: list[int] = []
 
@@ -159,7 +159,7 @@ async def test_held_requests_are_released_in_arrival_order_when_the_window_reset
 async def test_a_reset_beyond_max_wait_is_refused_at_once_and_reserves_nothing(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=2).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts, max_wait=2))
     await known(budget, ["t1"], allowed=1, count=1, reset=4)
 
     with pytest.raises(RateLimited) as refused:
@@ -176,7 +176,7 @@ async def test_a_reset_beyond_max_wait_is_refused_at_once_and_reserves_nothing(
 async def test_requests_that_would_wait_for_a_later_window_are_refused_at_once(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=4.5).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts, max_wait=4.5))
     await known(budget, ["t1"], allowed=2, count=2, reset=3)  # next window in 3 s, holds 2
     held = [asyncio.create_task(budget.acquire(lambda: ("t1",))) for _ in range(2)]
     await settle()
@@ -193,7 +193,7 @@ async def test_requests_that_would_wait_for_a_later_window_are_refused_at_once(
 
 
 async def test_waiters_beyond_the_cap_are_refused_at_once(clock: FakeClock, counts: Counts) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_waiting=2).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts, max_waiting=2))
     await known(budget, ["t1"], allowed=10, count=10, reset=2)
     held = [asyncio.create_task(budget.acquire(lambda: ("t1",))) for _ in range(2)]
     await settle()
@@ -211,7 +211,7 @@ async def test_waiters_beyond_the_cap_are_refused_at_once(clock: FakeClock, coun
 async def test_a_cancelled_waiter_costs_nothing_and_does_not_block_the_queue(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
     await known(budget, ["t1"], allowed=1, count=1, reset=2)
     first = asyncio.create_task(budget.acquire(lambda: ("t1",)))
     second = asyncio.create_task(budget.acquire(lambda: ("t1",)))
@@ -232,7 +232,7 @@ async def test_a_cancelled_waiter_costs_nothing_and_does_not_block_the_queue(
 async def test_a_waiter_cancelled_just_after_its_release_hands_the_budget_on(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
     await known(budget, ["t1"], allowed=1, count=1, reset=2)
     first = asyncio.create_task(budget.acquire(lambda: ("t1",)))
     second = asyncio.create_task(budget.acquire(lambda: ("t1",)))
@@ -252,7 +252,7 @@ async def test_a_waiter_cancelled_just_after_its_release_hands_the_budget_on(
 async def test_a_waiter_whose_client_hangs_up_leaves_the_queue(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
     await known(budget, ["t1"], allowed=1, count=1, reset=2)
     gone = asyncio.Event()
     held = asyncio.create_task(budget.acquire(lambda: ("t1",), gone=gone.is_set))
@@ -278,7 +278,9 @@ async def test_the_pool_grows_only_when_every_token_used_80_percent_of_its_windo
         grown.append(name)
         tokens.append(name)
 
-    budget: TenantBudget[str] = limiter_with(clock, counts, tokens_per_tenant=2).budget("acme")
+    budget: TenantBudget[str] = TenantBudget(
+        "acme", limiter_with(clock, counts, tokens_per_tenant=2)
+    )
     probe = await budget.acquire(lambda: tokens, grow=grow)
     probe.answered(200, window(10, 1, 30))
     for _ in range(6):  # 1 + 6 = 7 of 10
@@ -301,7 +303,7 @@ async def test_the_pool_grows_only_when_every_token_used_80_percent_of_its_windo
 
 async def test_max_wait_zero_never_holds_nor_refuses(clock: FakeClock, counts: Counts) -> None:
     limiter = limiter_with(clock, counts, max_wait=0)
-    budget: TenantBudget[str] = limiter.budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter)
     await known(budget, ["t1", "t2"], allowed=5, count=5, reset=30)
 
     leases = [await budget.acquire(lambda: ("t1", "t2")) for _ in range(3)]
@@ -328,7 +330,7 @@ def test_a_429_is_replayed_only_if_its_retry_after_fits_max_wait_and_retries_are
 async def test_a_429_for_the_tokens_window_holds_the_token_until_its_reset(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=1).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts, max_wait=1))
     await known(budget, ["t1"], allowed=50, count=10, reset=30)
     lease = await budget.acquire(lambda: ("t1",))
 
@@ -343,7 +345,7 @@ async def test_a_429_for_the_tokens_window_holds_the_token_until_its_reset(
 async def test_a_429_of_a_resource_limit_leaves_the_tokens_budget_alone(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
     await known(budget, ["t1"], allowed=50, count=10, reset=30)
     lease = await budget.acquire(lambda: ("t1",))
 
@@ -354,7 +356,7 @@ async def test_a_429_of_a_resource_limit_leaves_the_tokens_budget_alone(
 
 async def test_reconfigure_applies_new_settings_at_once(clock: FakeClock, counts: Counts) -> None:
     limiter = limiter_with(clock, counts)
-    budget: TenantBudget[str] = limiter.budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter)
     await known(budget, ["t1"], allowed=1, count=1, reset=3)
 
     limiter.reconfigure(parse_config({"genesys": {"rate_limit": {"max_wait": 1, "retries": 0}}}))
@@ -396,22 +398,38 @@ def test_ratelimit_headers_are_parsed_or_ignored(
     assert parse_ratelimit_headers(headers) == expected
 
 
-def test_limiter_forgets_evicted_tenants_and_stays_bounded(
+async def test_budgets_live_on_their_holder_and_a_reload_reaches_the_held(
     clock: FakeClock, counts: Counts
 ) -> None:
-    limiter = RateLimiter(clock=clock, observer=counts, max_tenants=2)
-    for tenant in ("a", "b", "c"):
-        limiter.budget(tenant)
-    assert limiter.peek("a") is None
-    limiter.forget("b")
-    assert limiter.peek("b") is None
-    assert limiter.peek("c") is not None
+    class Holder:
+        def __init__(self) -> None:
+            self.id = "acme"
+            self.budget: TenantBudget[str] | None = None
+
+    holder = Holder()
+    limiter: RateLimiter[str] = RateLimiter(
+        clock=clock, observer=counts, budgets=lambda: [holder.budget] if holder.budget else []
+    )
+    budget = limiter.budget_of(holder)
+    assert limiter.budget_of(holder) is budget
+    await known(budget, ["t1"], allowed=1, count=1, reset=3)
+    held = asyncio.create_task(budget.acquire(lambda: ("t1",)))
+    await settle()
+
+    # A reload that lowers max_wait below the reset refuses the held request at once.
+    limiter.reconfigure(parse_config({"genesys": {"rate_limit": {"max_wait": 1}}}))
+    clock.advance(0.5)
+    budget.release()
+    await settle()
+
+    assert isinstance(held.exception(), RateLimited)
+    limiter.close()
 
 
 async def test_once_the_window_is_known_held_requests_that_cannot_make_it_are_refused_at_once(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts, max_wait=5).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts, max_wait=5))
     probe = await budget.acquire(lambda: ("t1",))
     held = [asyncio.create_task(budget.acquire(lambda: ("t1",))) for _ in range(5)]
     await settle()
@@ -436,7 +454,7 @@ async def test_once_the_window_is_known_held_requests_that_cannot_make_it_are_re
 async def test_one_request_tries_early_since_a_rounded_reset_may_come_a_second_sooner(
     clock: FakeClock, counts: Counts
 ) -> None:
-    budget: TenantBudget[str] = limiter_with(clock, counts).budget("acme")
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
     await known(budget, ["t1"], allowed=2, count=2, reset=3)
     clock.advance(2.1)  # inin-ratelimit-reset said 3, so the reset is somewhere in (2, 3]
 

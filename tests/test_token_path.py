@@ -58,7 +58,7 @@ async def test_cold_burst_over_many_tenants_reads_vault_and_fetches_a_token_once
     assert harness.sim.token_requests() == TENANTS
     paths = {f"secret/data/genesys/tenants/{t.id}" for t in tenants}
     assert vault_reads(openbao, paths) == Counter(dict.fromkeys(paths, 1))
-    assert harness.runtime.credentials.reads == TENANTS
+    assert harness.credentials.reads == TENANTS
     # Every request reached the API with its own tenant's token.
     assert harness.sim.api_requests() == TENANTS * REQUESTS_PER_TENANT
     assert {t.client_id: harness.sim.api_requests(t.client_id) for t in tenants} == {

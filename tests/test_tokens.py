@@ -6,6 +6,7 @@ import asyncio
 import base64
 import gc
 import logging
+import math
 import secrets
 import socket
 from collections import Counter
@@ -20,7 +21,9 @@ from aiohttp.test_utils import TestServer
 from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, UnknownTenant
 from proxy.simulator import GenesysSimulator
 from proxy.tenants.credentials import TenantCredentials
-from proxy.tenants.tokens import GenesysTokenFetcher, Token, TokenManager, _parse_retry_after
+from proxy.tenants.oauth import _parse_retry_after
+from proxy.tenants.table import Tenant, TenantTable
+from proxy.tenants.tokens import GenesysTokenFetcher, Token, TokenManager
 from tests.conftest import FakeClock
 
 SECRET = "fake-" + secrets.token_hex(12)  # made up per run, so a leak check cannot pass by luck
@@ -28,18 +31,23 @@ REGION = "mypurecloud.ie"
 
 
 class FakeCredentials:
-    """A credential provider over a dict; counts lookups per tenant."""
+    """A credential provider over a dict, filling a tenant table; counts lookups per tenant."""
 
-    def __init__(self, *tenants: str) -> None:
+    def __init__(self, *tenants: str, table: TenantTable | None = None) -> None:
+        self.table = table if table is not None else TenantTable()
         self.records = {t: TenantCredentials(t, f"client-{t}", SECRET, REGION) for t in tenants}
         self.lookups: Counter[str] = Counter()
 
-    async def get(self, tenant: str) -> TenantCredentials:
+    async def get(self, tenant: str) -> Tenant:
         self.lookups[tenant] += 1
         await asyncio.sleep(0)  # a real lookup yields; let concurrent callers pile up
         if tenant not in self.records:
             raise UnknownTenant(f"No credentials for tenant {tenant!r}.", tenant=tenant)
-        return self.records[tenant]
+        entry = self.table.admit(tenant)
+        entry.set_record(
+            self.records[tenant], read_at=0.0, fresh_until=math.inf, keep_until=math.inf
+        )
+        return entry
 
 
 class FakeFetcher:
@@ -104,7 +112,13 @@ async def manager(
     credentials: FakeCredentials, fetcher: FakeFetcher, clock: FakeClock
 ) -> AsyncIterator[TokenManager]:
     manager = TokenManager(
-        credentials, fetcher, refresh_at=0.8, rejected_ttl=10.0, clock=clock, jitter=lambda: 0.0
+        credentials.table,
+        credentials,
+        fetcher,
+        refresh_at=0.8,
+        rejected_ttl=10.0,
+        clock=clock,
+        jitter=lambda: 0.0,
     )
     yield manager
     await manager.close()
@@ -166,7 +180,6 @@ async def test_concurrent_cold_requests_share_one_token_fetch(
     tokens = await asyncio.gather(*callers)
     assert {id(t) for t in tokens} == {id(tokens[0])}
     assert fetcher.calls == 1
-    assert credentials.lookups["acme"] == 1
     assert manager.fetches == 1
 
 
@@ -295,7 +308,7 @@ async def test_token_expired_by_the_margin_is_never_returned(
 ) -> None:
     fetcher = FakeFetcher(clock, lifetime=lifetime)
     # refresh_at=1.0: no refresh ahead, so only the expiry margin decides.
-    manager = TokenManager(credentials, fetcher, refresh_at=1.0, clock=clock)
+    manager = TokenManager(credentials.table, credentials, fetcher, refresh_at=1.0, clock=clock)
     try:
         old = await manager.get("acme")
         clock.advance(lifetime - margin - 0.001)
@@ -503,7 +516,8 @@ async def test_token_fetched_across_an_evict_is_not_cached(
 async def test_token_cache_is_bounded_least_recently_used_first(
     credentials: FakeCredentials, fetcher: FakeFetcher, clock: FakeClock
 ) -> None:
-    manager = TokenManager(credentials, fetcher, max_tenants=3, clock=clock)
+    credentials.table = TenantTable(3)  # the table's bound is the one bound
+    manager = TokenManager(credentials.table, credentials, fetcher, clock=clock)
     try:
         for tenant in ("acme", "globex", "initech"):
             await manager.get(tenant)
@@ -523,7 +537,8 @@ async def test_token_cache_is_bounded_least_recently_used_first(
 async def test_rejections_are_bounded_too(
     credentials: FakeCredentials, fetcher: FakeFetcher, clock: FakeClock
 ) -> None:
-    manager = TokenManager(credentials, fetcher, max_tenants=2, clock=clock)
+    credentials.table = TenantTable(2)  # the table's bound is the one bound
+    manager = TokenManager(credentials.table, credentials, fetcher, clock=clock)
     try:
         for tenant in ("acme", "globex", "initech", "umbrella"):
             fetcher.errors = [GenesysAuthFailed("rejected", tenant=tenant)]
@@ -568,7 +583,7 @@ async def test_snapshot_describes_each_tenant_without_the_token(
 async def test_close_cancels_background_refreshes_and_leaves_no_tasks(
     credentials: FakeCredentials, fetcher: FakeFetcher, clock: FakeClock
 ) -> None:
-    manager = TokenManager(credentials, fetcher, clock=clock)
+    manager = TokenManager(credentials.table, credentials, fetcher, clock=clock)
     await manager.get("acme")
     await manager.get("globex")
     clock.advance(250)
@@ -591,9 +606,9 @@ def test_manager_rejects_nonsense_settings(
     credentials: FakeCredentials, fetcher: FakeFetcher
 ) -> None:
     with pytest.raises(ValueError, match="refresh_at"):
-        TokenManager(credentials, fetcher, refresh_at=0)
+        TokenManager(credentials.table, credentials, fetcher, refresh_at=0)
     with pytest.raises(ValueError, match="max_tenants"):
-        TokenManager(credentials, fetcher, max_tenants=0)
+        TenantTable(0)
 
 
 # -- GenesysTokenFetcher against the simulator ---------------------------------------------------

@@ -65,7 +65,7 @@ def test_a_literal_token_that_cannot_be_renewed_is_looked_at_again_when_it_expir
 def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
     rng = random.Random(7)
     for failures, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (6, 30), (50, 30)]:
-        delays = [backoff_delay(failures, rng, base=1, cap=30) for _ in range(200)]
+        delays = [backoff_delay(failures, rng.random, base=1, cap=30) for _ in range(200)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 100  # jittered, not one fixed value
 
@@ -115,7 +115,7 @@ def read_policy(*tenants: str) -> str:
 
 
 def vault_session(harness: ProxyHarness) -> VaultSession:
-    source = harness.runtime.credentials.source
+    source = harness.credentials.source
     assert isinstance(source, VaultCredentialSource)
     return source.session
 
@@ -153,7 +153,7 @@ async def test_approle_token_is_renewed_then_replaced_at_max_ttl_without_a_faile
 
     async def traffic() -> None:
         while True:
-            harness.runtime.tokens.evict(acme.id)
+            harness.tokens.evict(acme.id)
             response = await harness.client.get(
                 "/api/v2/sim/echo", headers={"X-Tenant-ID": acme.id}
             )

@@ -3,8 +3,8 @@
 A request's path through this module:
 
     error_middleware  -> refuses absolute-form targets and CONNECT, turns ProxyError into JSON
-    forward()         -> tenant -> TokenManager.get() -> rate-limit budget (may hold, or refuse
-                         with 429 rate_limited) -> upstream request -> streamed response
+    forward()         -> tenant -> TokenManager.lookup() -> its budget picks a pool token (may
+                         hold, or refuse with 429 rate_limited) -> upstream -> streamed response
                          an upstream 401 drops the token and replays once (buffered bodies only)
                          an upstream 429 within max_wait is waited out and replayed (buffered)
 
@@ -14,6 +14,7 @@ The local token endpoint (`GET /auth/token`, `POST /oauth/token`) is `proxy.http
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.tenants.ratelimit import RateLimiter, parse_ratelimit_headers
+from proxy.tenants.table import Tenant
 from proxy.tenants.tokens import Token, TokenManager
 
 log = logging.getLogger("proxy.http.forward")
@@ -228,17 +230,27 @@ class Forwarder:
         tenant = self.tenants(request)
         body, replayable = await self._request_body(request, tenant)
         gone = _client_gone(request)
-        upstream, token = await self._attempt(request, tenant, body, gone)
+        entry, first = await self.tokens.lookup(tenant)
+        upstream, token = await self._attempt(request, entry, first, body, gone)
         if upstream.status == 401:
-            # A token the cache still trusted was refused (revoked, or expired early): drop it
-            # (only if still current, so a burst of 401s costs one refetch) and try once more.
-            self.tokens.invalidate(tenant, token)
-            if replayable:
-                upstream.release()
-                log.info("upstream refused the token; replaying", extra={"tenant": tenant})
-                if self.observer is not None:
-                    self.observer.upstream_retried(request, tenant, "unauthorized")
-                upstream, token = await self._attempt(request, tenant, body, gone)
+            # A token the cache still trusted was refused (revoked, or expired early): replace
+            # it (one refetch however many requests got the 401) and replay once. If the fresh
+            # token is refused too, the endpoint refuses: that 401 goes to the app, the token
+            # stays, and the tenant's next 401-driven refetch backs off (the 401 storm rule).
+            if not replayable:
+                self.tokens.discard(entry, token)
+            else:
+                fresh = await self.tokens.replacement(entry, token)
+                if fresh is not None:
+                    upstream.release()
+                    log.info("upstream refused the token; replaying", extra={"tenant": tenant})
+                    if self.observer is not None:
+                        self.observer.upstream_retried(request, tenant, "unauthorized")
+                    upstream, _ = await self._attempt(request, entry, fresh, body, gone, only=True)
+                    if upstream.status == 401:
+                        self.tokens.refused_again(entry, fresh)
+                    else:
+                        self.tokens.accepted(entry)
         replays = 0
         while upstream.status == 429:
             # Genesys did not process the request: replaying it is safe for every method.
@@ -250,7 +262,7 @@ class Forwarder:
             upstream.release()
             replays += 1
             log.info(
-                "Genesys answered 429; replaying in %.1f s (replay %d)",
+                "Genesys answered 429; replaying in %.1f s at most (replay %d)",
                 delay,
                 replays,
                 extra={"tenant": tenant},
@@ -260,19 +272,33 @@ class Forwarder:
             if not _window_used_up(upstream.headers):
                 # A resource's limit, not the token's window: the budget cannot know its reset.
                 await self.ratelimit.hold_for(tenant, delay, gone)
-            upstream, token = await self._attempt(request, tenant, body, gone)
+            entry, first = await self.tokens.lookup(tenant)
+            upstream, token = await self._attempt(request, entry, first, body, gone)
         return await self._relay(request, upstream)
 
     async def _attempt(
         self,
         request: web.Request,
-        tenant: str,
+        entry: Tenant,
+        first: Token,
         body: bytes | AsyncIterator[bytes] | None,
         gone: Callable[[], bool],
+        *,
+        only: bool = False,
     ) -> tuple[aiohttp.ClientResponse, Token]:
-        """One upstream request on a token with budget, timed to its response headers."""
-        token = await self.tokens.get(tenant)
-        lease = await self.ratelimit.budget(tenant).acquire(lambda: (token,), gone=gone)
+        """One upstream request on the pool token with the most budget (or on `first` alone),
+        timed to its response headers and reported to the budget and the observer."""
+        tokens = self.tokens
+
+        def candidates() -> tuple[Token, ...]:
+            return (first,) if only else (tokens.pool(entry) or (first,))
+
+        grow = None
+        if not only and tokens.pool_size > 1:
+            grow = functools.partial(tokens.grow, entry)
+        budget = self.ratelimit.budget_of(entry)
+        lease = await budget.acquire(candidates, grow=grow, gone=gone)
+        tenant = entry.id
         started = time.perf_counter()
         try:
             upstream = await self._send(request, tenant, lease.token, body)

@@ -30,11 +30,13 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from proxy import __version__
-from proxy.app import CONFIG, METRICS, RUNTIME, Runtime
+from proxy.app import CONFIG, LIFECYCLE, METRICS, SOURCE, TABLE, TOKENS
 from proxy.errors import ProxyError, UnknownTenant
 from proxy.http.forward import TenantResolver, error_response
 from proxy.ops.admin_auth import SESSION_COOKIE, SESSION_SECONDS, AdminAccess
-from proxy.tenants.credentials import VaultCredentialSource
+from proxy.tenants.record import mask_client_id, mask_secret
+from proxy.tenants.table import Tenant
+from proxy.tenants.tokens import TokenManager
 
 log = logging.getLogger("proxy.ops.admin")
 
@@ -80,69 +82,52 @@ class TenantRow:
     errors: int
 
 
-def mask_client_id(client_id: str) -> str:
-    """`abcd****wxyz`: enough to tell clients apart, not enough to use one."""
-    if len(client_id) <= 8:
-        return "****"
-    return f"{client_id[:4]}****{client_id[-4:]}"
+__all__ = ["TenantRow", "create_admin_app", "mask_client_id", "mask_secret", "tenant_rows"]
 
 
-def mask_secret(secret: str) -> str:
-    """`****wxyz`; a secret too short to give away 4 characters shows none."""
-    return f"****{secret[-4:]}" if len(secret) >= 12 else "****"
+def tenant_row(tenant: Tenant, tokens: TokenManager, now: float) -> TenantRow:
+    """One tenant's row, read from its table object alone."""
+    state = tokens.describe(tenant, now)
+    record, stats = tenant.record, tenant.stats
+    return TenantRow(
+        tenant=tenant.id,
+        region=record.region if record else state.domain,
+        client_id=mask_client_id(record.client_id) if record else None,
+        client_secret=mask_secret(record.client_secret) if record else None,
+        state=state.state,
+        expires_in=int(state.seconds_left),
+        expires_at=state.expires_at,
+        last_refresh=state.last_refresh,
+        last_error=state.last_error_code,
+        last_error_message=state.last_error_message,
+        token_fetches=state.fetches,
+        requests=stats.requests if stats else 0,
+        errors=stats.errors if stats else 0,
+    )
 
 
-def tenant_rows(runtime: Runtime) -> list[TenantRow]:
-    """Every tenant the proxy holds a token or a credential record for, sorted."""
-    states = {state.tenant: state for state in runtime.tokens.snapshot()}
-    rows = []
-    for tenant in sorted(set(states) | set(runtime.credentials.known_tenants())):
-        state = states.get(tenant)
-        record = runtime.credentials.cached(tenant)
-        stats = runtime.metrics.tenant_stats(tenant)
-        rows.append(
-            TenantRow(
-                tenant=tenant,
-                region=record.region if record else (state.domain if state else None),
-                client_id=mask_client_id(record.client_id) if record else None,
-                client_secret=mask_secret(record.client_secret) if record else None,
-                state=state.state if state else "expired",
-                expires_in=int(state.seconds_left) if state else 0,
-                expires_at=state.expires_at if state else None,
-                last_refresh=state.last_refresh if state else None,
-                last_error=state.last_error_code if state else None,
-                last_error_message=state.last_error_message if state else None,
-                token_fetches=state.fetches if state else 0,
-                requests=stats.requests if stats else 0,
-                errors=stats.errors if stats else 0,
-            )
-        )
-    return rows
+def tenant_rows(proxy_app: web.Application) -> list[TenantRow]:
+    """Every tenant in the table, sorted."""
+    tokens = proxy_app[TOKENS]
+    now = time.monotonic()
+    return [tenant_row(tenant, tokens, now) for tenant in proxy_app[TABLE].tenants()]
 
 
-async def source_status(runtime: Runtime) -> dict[str, Any]:
-    """The credential source as the page shows it: kind, readiness, Vault details."""
-    source = runtime.credentials.source
-    status: dict[str, Any] = {"source": source.name, "ready": await source.ready()}
-    if isinstance(source, VaultCredentialSource):
-        session = source.session
-        status.update(
-            address=session.address,
-            auth_method=session.method,
-            authenticated=session.authenticated,
-            last_error=session.last_error,
-        )
-    return status
+async def source_status(proxy_app: web.Application) -> dict[str, Any]:
+    """The credential source as the page shows it: kind, readiness, its own details."""
+    source = proxy_app[SOURCE]
+    return {"source": source.name, "ready": await source.ready(), **source.describe()}
 
 
-async def overview(runtime: Runtime) -> dict[str, Any]:
+async def overview(proxy_app: web.Application) -> dict[str, Any]:
     """What `GET /admin/api/tenants` answers and the page renders."""
+    lifecycle = proxy_app[LIFECYCLE]
     return {
         "version": __version__,
-        "uptime_seconds": int(time.time() - runtime.started_at),
-        "draining": runtime.draining,
-        "credentials": await source_status(runtime),
-        "tenants": [asdict(row) for row in tenant_rows(runtime)],
+        "uptime_seconds": int(time.time() - lifecycle.started_at),
+        "draining": lifecycle.draining,
+        "credentials": await source_status(proxy_app),
+        "tenants": [asdict(row) for row in tenant_rows(proxy_app)],
     }
 
 
@@ -156,14 +141,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the credential source is usable and the proxy is not draining."""
-    runtime = request.app[PROXY_APP].get(RUNTIME)
-    if runtime is None:
+    proxy_app = request.app[PROXY_APP]
+    source = proxy_app.get(SOURCE)
+    if source is None or TOKENS not in proxy_app:
         return web.json_response({"status": "starting"}, status=503)
-    if runtime.draining:
+    if proxy_app[LIFECYCLE].draining:
         return web.json_response({"status": "draining"}, status=503)
-    if not await runtime.credentials.ready():
-        source = runtime.config.credentials.source
-        return web.json_response({"status": f"{source} unavailable"}, status=503)
+    if not await source.ready():
+        return web.json_response({"status": f"{source.name} unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -220,17 +205,17 @@ def _login_page(request: web.Request, *, status: int, failed: bool = False) -> w
 
 async def page(request: web.Request) -> web.Response:
     """The admin page; a `notice` query names what a button just did."""
-    runtime = _runtime(request)
+    proxy_app = _proxy_app(request)
     access = request.app[ACCESS]
     notice = request.query.get("notice")
     tenant, code = request.query.get("tenant", ""), request.query.get("code", "")
     context = {
-        **(await overview(runtime)),
+        **(await overview(proxy_app)),
         "csrf": access.csrf_token(request),
         "logout": access.mode == "token",
         "refresh_seconds": request.app[PAGE_REFRESH],
         "notice": notice if notice in _NOTICES else None,
-        "notice_tenant": tenant if runtime.config.tenant.pattern.fullmatch(tenant) else "?",
+        "notice_tenant": tenant if proxy_app[CONFIG].tenant.pattern.fullmatch(tenant) else "?",
         "notice_code": code if _ERROR_CODE.fullmatch(code) else "error",
         "now": time.time(),
     }
@@ -267,16 +252,16 @@ async def form_action(request: web.Request) -> web.Response:
     form = await request.post()
     if not request.app[ACCESS].csrf_valid(request, form.get("csrf")):
         return web.Response(text="403: the form is stale; reload the page\n", status=403)
-    runtime = _runtime(request)
+    proxy_app = _proxy_app(request)
     tenant = request.match_info["tenant"]
     query: dict[str, str] = {"tenant": tenant}
     try:
-        tenant = TenantResolver(runtime.config).check(tenant)
+        tenant = TenantResolver(proxy_app[CONFIG]).check(tenant)
         if request.match_info["action"] == "refresh":
-            await runtime.tokens.refresh(tenant)
+            await proxy_app[TOKENS].refresh(tenant)
             query["notice"] = "refreshed"
         else:
-            _evict(runtime, tenant)
+            _evict(proxy_app, tenant)
             query["notice"] = "evicted"
     except ProxyError as exc:
         query.update(notice="failed", code=exc.code)
@@ -287,39 +272,38 @@ async def form_action(request: web.Request) -> web.Response:
 
 
 async def api_tenants(request: web.Request) -> web.Response:
-    return web.json_response(await overview(_runtime(request)))
+    return web.json_response(await overview(_proxy_app(request)))
 
 
 async def api_refresh(request: web.Request) -> web.Response:
     """Fetch a new token for the tenant now; answers its row, or the contract error."""
-    runtime = _runtime(request)
+    proxy_app = _proxy_app(request)
     try:
-        tenant = TenantResolver(runtime.config).check(request.match_info["tenant"])
-        await runtime.tokens.refresh(tenant)
+        tenant = TenantResolver(proxy_app[CONFIG]).check(request.match_info["tenant"])
+        await proxy_app[TOKENS].refresh(tenant)
     except ProxyError as exc:
         return error_response(exc)
-    row = next(row for row in tenant_rows(runtime) if row.tenant == tenant)
-    return web.json_response(asdict(row))
+    found = proxy_app[TABLE].peek(tenant)
+    if found is None:  # evicted while its token was fetched
+        return error_response(UnknownTenant(f"tenant {tenant!r} was evicted", tenant=tenant))
+    return web.json_response(asdict(tenant_row(found, proxy_app[TOKENS], time.monotonic())))
 
 
 async def api_evict(request: web.Request) -> web.Response:
     """Forget the tenant's token and credential record; the next request starts afresh."""
-    runtime = _runtime(request)
+    proxy_app = _proxy_app(request)
     try:
-        tenant = TenantResolver(runtime.config).check(request.match_info["tenant"])
-        _evict(runtime, tenant)
+        tenant = TenantResolver(proxy_app[CONFIG]).check(request.match_info["tenant"])
+        _evict(proxy_app, tenant)
     except ProxyError as exc:
         return error_response(exc)
     return web.json_response({"tenant": tenant, "evicted": True})
 
 
-def _evict(runtime: Runtime, tenant: str) -> None:
-    known = runtime.tokens.state(tenant) is not None or runtime.credentials.cached(tenant)
-    if not known:
+def _evict(proxy_app: web.Application, tenant: str) -> None:
+    # The table's one eviction path: record, tokens, backoff, budget and metric series.
+    if not proxy_app[TABLE].evict(tenant):
         raise UnknownTenant(f"the proxy holds nothing for tenant {tenant!r}", tenant=tenant)
-    runtime.tokens.evict(tenant)
-    runtime.ratelimit.forget(tenant)
-    runtime.credentials.invalidate(tenant)
     log.info("tenant %s evicted from the admin page", tenant, extra={"tenant": tenant})
 
 
@@ -328,11 +312,12 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _runtime(request: web.Request) -> Runtime:
-    runtime = request.app[PROXY_APP].get(RUNTIME)
-    if runtime is None:
+def _proxy_app(request: web.Request) -> web.Application:
+    """The proxy app, once its resources are open (the admin listener may answer before)."""
+    proxy_app = request.app[PROXY_APP]
+    if TOKENS not in proxy_app:
         raise web.HTTPServiceUnavailable(text="the proxy is starting\n")
-    return runtime
+    return proxy_app
 
 
 # -- wiring ---------------------------------------------------------------------------------------

@@ -4,15 +4,17 @@
 (token cache lookups and fetches, Vault requests, upstream answers, finished requests); the
 per-tenant gauges (token expiry, rate-limit budget) are computed when Prometheus scrapes, so an
 evicted tenant's gauge goes away with it. The per-tenant counters and histograms are plain
-numbers (`LabelledCounts`, `DurationHistograms`) exposed at scrape time too: prometheus_client
+numbers (`TenantStats`, `DurationHistograms`) exposed at scrape time too: prometheus_client
 keeps a value object with its own lock per series and per bucket, which came to 11 KB per tenant.
 The event loop's thread is the only one that counts and scrapes, so they need no locks.
 
-Label cardinality stays bounded: a tenant gets its own label value only once its credential
-record was found (the proxy asked Genesys for a token with it), and only for `max_tenants`
-tenants; every other request counts under the tenant "-". `tenant_label=False` (config
-`metrics.tenant_label: false`) drops the tenant label altogether, for very large fleets; the
-per-tenant gauges then report the most urgent tenant (earliest expiry, smallest budget).
+A tenant's own counters and histograms live on its `Tenant` in the tenant table
+(`proxy.tenants.table`), and are read from there at scrape time: evicting the tenant removes its
+series. Label cardinality is the table's bound: a tenant gets its own label value only while the
+table holds it (its credential record was found); every other request counts under tenant "-".
+`tenant_label=False` (config `metrics.tenant_label: false`) drops the tenant label altogether,
+for very large fleets; the per-tenant gauges then report the most urgent tenant (earliest
+expiry, smallest budget).
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ import math
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -34,7 +35,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from proxy.tenants.tokens import FetchOutcome, TenantTokenState
+from proxy.tenants.table import Tenant, TenantTable
+
+if TYPE_CHECKING:
+    from proxy.tenants.credentials import CredentialChange
+    from proxy.tenants.tokens import FetchOutcome
 
 NO_TENANT = "-"
 # Methods outside this set count as "other": the method label must not be client-controlled.
@@ -57,41 +62,58 @@ UPSTREAM_RETRIES = "genesys_proxy_upstream_retries_total"
 VAULT_REQUESTS = "genesys_proxy_vault_requests_total"
 INFLIGHT = "genesys_proxy_inflight_requests"
 RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
+CREDENTIAL_CHANGES = "genesys_proxy_credential_changes_total"
 RATELIMIT_HELD = "genesys_proxy_ratelimit_held_total"
 RATELIMIT_REJECTED = "genesys_proxy_ratelimit_rejected_total"
 UPSTREAM_429 = "genesys_proxy_upstream_429_total"
 
+# The labelled counters kept per tenant, by the first element of their keys in TenantStats.counts.
+_REQUESTS, _FETCHES, _RETRIES, _CHANGES = "requests", "fetches", "retries", "changes"
+_HELD, _REJECTED, _429 = "held", "rejected", "upstream_429"
+_COUNTERS = {
+    _REQUESTS: (
+        REQUESTS,
+        "Requests answered on the proxy listener, by final status.",
+        ("method", "status"),
+    ),
+    _FETCHES: (FETCHES, "Token requests to the Genesys login service, by outcome.", ("outcome",)),
+    _RETRIES: (
+        UPSTREAM_RETRIES,
+        "Requests sent to Genesys Cloud again, by reason (unauthorized: a refused token).",
+        ("reason",),
+    ),
+    _CHANGES: (
+        CREDENTIAL_CHANGES,
+        "Credential records a re-read found changed (rotated), gone (removed), denied (forbidden).",
+        ("change",),
+    ),
+    _HELD: (
+        RATELIMIT_HELD,
+        "Requests held for Genesys rate-limit budget, by reason (budget: the tokens' windows; "
+        "retry_after: an upstream 429's Retry-After).",
+        ("reason",),
+    ),
+    _REJECTED: (
+        RATELIMIT_REJECTED,
+        "Requests answered 429 rate_limited by the proxy, never sent to Genesys.",
+        (),
+    ),
+    _429: (
+        UPSTREAM_429,
+        "429 answers from Genesys, by outcome (retried: waited out and replayed; passed: given "
+        "to the app).",
+        ("outcome",),
+    ),
+}
+# One shared key tuple per distinct key: tens of thousands of tenants hold the same few.
+_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
-class TokenStates(Protocol):
-    """What the scrape-time gauges read: the token manager's admin view."""
 
-    def snapshot(self) -> list[TenantTokenState]: ...
-
-
-class RateLimitStates(Protocol):
-    """What the budget gauge reads: each tenant's requests left, over all its tokens."""
-
-    def remaining(self) -> dict[str, int]: ...
-
-
-class LabelledCounts:
-    """A counter's values by label values, exposed as one counter family."""
-
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labels = list(labels)
-        # Ints: up to 256 they are CPython's shared small ints, where a float is 24 bytes each.
-        self.counts: dict[tuple[str, ...], int] = {}
-
-    def inc(self, key: tuple[str, ...]) -> None:
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def family(self) -> CounterMetricFamily:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in self.counts.items():
-            family.add_metric(key, float(value))
-        return family
+def _key(*parts: str) -> tuple[str, ...]:
+    key = _KEYS.get(parts)
+    if key is None:
+        key = _KEYS[parts] = parts
+    return key
 
 
 class DurationHistograms:
@@ -135,71 +157,45 @@ class DurationHistograms:
         return cumulative
 
 
-@dataclass(slots=True, eq=False)
 class TenantStats:
-    """One labelled tenant: request counts for the admin page, its duration histograms."""
+    """One tenant's counts: for the admin page, and its series of the labelled metrics."""
 
-    label: str
-    durations: DurationHistograms
-    requests: int = 0
-    errors: int = 0
+    __slots__ = ("counts", "durations", "errors", "label", "requests")
+
+    def __init__(self, label: str, durations: DurationHistograms) -> None:
+        self.label = label
+        self.durations = durations
+        self.requests = 0
+        self.errors = 0
+        # (counter, *label values) -> count; ints, since up to 256 they are shared objects.
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def inc(self, key: tuple[str, ...]) -> None:
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
 
 
 class Metrics:
-    """The proxy's metrics; hot-path hooks use label children cached per tenant."""
+    """The proxy's metrics: hooks for the hot path, families built from the table at scrape time."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         *,
+        table: TenantTable | None = None,
         tenant_label: bool = True,
         max_tenants: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self.table = table if table is not None else TenantTable(max_tenants)
         self.tenant_label = tenant_label
-        self._max_tenants = max_tenants
         self._clock = clock
-        tenant: tuple[str, ...] = ("tenant",) if tenant_label else ()
-        self.requests = LabelledCounts(
-            REQUESTS,
-            "Requests answered on the proxy listener, by final status.",
-            [*tenant, "method", "status"],
-        )
-        # Without the tenant label, every tenant observes into these.
-        self._durations = DurationHistograms()
-        self.token_fetches = LabelledCounts(
-            FETCHES,
-            "Token requests to the Genesys login service, by outcome.",
-            [*tenant, "outcome"],
-        )
         self.token_cache = Counter(
             CACHE_LOOKUPS,
             "Token cache lookups: hit (a valid token) or miss (a fetch was needed).",
             ["result"],
             registry=registry,
-        )
-        self.upstream_retries = LabelledCounts(
-            UPSTREAM_RETRIES,
-            "Requests sent to Genesys Cloud again, by reason (unauthorized: a refused token).",
-            [*tenant, "reason"],
-        )
-        self.ratelimit_held_counts = LabelledCounts(
-            RATELIMIT_HELD,
-            "Requests held for Genesys rate-limit budget, by reason (budget: the tokens' windows; "
-            "retry_after: an upstream 429's Retry-After).",
-            [*tenant, "reason"],
-        )
-        self.ratelimit_rejected_counts = LabelledCounts(
-            RATELIMIT_REJECTED,
-            "Requests answered 429 rate_limited by the proxy, never sent to Genesys.",
-            tenant,
-        )
-        self.upstream_429_counts = LabelledCounts(
-            UPSTREAM_429,
-            "429 answers from Genesys, by outcome (retried: waited out and replayed; passed: "
-            "given to the app).",
-            [*tenant, "outcome"],
         )
         self.vault_requests = Counter(
             VAULT_REQUESTS,
@@ -213,46 +209,24 @@ class Metrics:
         )
         # Read at scrape time: the hot path only moves a plain integer.
         self.inflight.set_function(lambda: self._inflight)
-        self._tokens: TokenStates | None = None
-        self._ratelimit: RateLimitStates | None = None
         registry.register(_ScrapeTimeGauges(self))
 
         self._cache_hit = self.token_cache.labels("hit")
         self._cache_miss = self.token_cache.labels("miss")
-        self._tenants: dict[str, TenantStats] = {}
-        self._unlabelled = self._new_stats(NO_TENANT)
+        # Requests of no (known) tenant; without the tenant label, every tenant's series.
+        self._unlabelled = TenantStats(NO_TENANT, DurationHistograms())
         self._vault_children: dict[tuple[str, str], Counter] = {}
 
-    # -- wiring ----------------------------------------------------------------------------------
-
-    def track_tokens(self, tokens: TokenStates | None) -> None:
-        """Read token expiries from `tokens` at scrape time (None: stop)."""
-        self._tokens = tokens
-
-    def track_ratelimit(self, budgets: RateLimitStates | None) -> None:
-        """Read the tenants' rate-limit budgets from `budgets` at scrape time (None: stop)."""
-        self._ratelimit = budgets
-
-    # -- hooks: the rate limiter (proxy.tenants.ratelimit.RateLimitObserver) ----------------------
-
-    def ratelimit_held(self, tenant: str, reason: str) -> None:
-        self.ratelimit_held_counts.inc(self._labels(self._stats_for(tenant).label, reason))
-
-    def ratelimit_rejected(self, tenant: str) -> None:
-        self.ratelimit_rejected_counts.inc(self._labels(self._stats_for(tenant).label))
-
-    def upstream_429(self, tenant: str, outcome: str) -> None:
-        self.upstream_429_counts.inc(self._labels(self._stats_for(tenant).label, outcome))
-
-    # -- hooks: the token manager (proxy.tenants.tokens.TokenObserver) ----------------------------
+    # -- hooks: the token manager and the credential store ---------------------------------------
 
     def cache_lookup(self, *, hit: bool) -> None:
         (self._cache_hit if hit else self._cache_miss).inc()
 
-    def token_fetch(self, tenant: str, outcome: FetchOutcome) -> None:
-        # Called only once the tenant's credential record was found: the tenant exists.
-        stats = self._stats_for(tenant, create=True)
-        self.token_fetches.inc(self._labels(stats.label, outcome))
+    def token_fetch(self, tenant: Tenant, outcome: FetchOutcome) -> None:
+        self._series(self._stats_of(tenant)).inc(_key(_FETCHES, outcome))
+
+    def credential_changed(self, tenant: Tenant, change: CredentialChange) -> None:
+        self._series(self._stats_of(tenant)).inc(_key(_CHANGES, change))
 
     # -- hooks: Vault (proxy.vault.RequestObserver) ----------------------------------------------
 
@@ -278,42 +252,59 @@ class Metrics:
         stats.errors += failed
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        self.requests.inc(self._labels(stats.label, method, _status_text(status)))
-        stats.durations.observe_request(seconds)
+        series = self._series(stats)
+        series.inc(_key(_REQUESTS, method, _status_text(status)))
+        series.durations.observe_request(seconds)
 
     def upstream_answered(self, tenant: str, headers: Mapping[str, str], seconds: float) -> None:
         """Time one upstream attempt (its rate-limit headers are the limiter's business)."""
-        self._stats_for(tenant).durations.observe_upstream(seconds)
+        self._series(self._stats_for(tenant)).durations.observe_upstream(seconds)
 
     def upstream_retry(self, tenant: str, reason: str) -> None:
-        self.upstream_retries.inc(self._labels(self._stats_for(tenant).label, reason))
+        self._series(self._stats_for(tenant)).inc(_key(_RETRIES, reason))
+
+    # -- hooks: the rate limiter (proxy.tenants.ratelimit.RateLimitObserver) ----------------------
+
+    def ratelimit_held(self, tenant: str, reason: str) -> None:
+        self._series(self._stats_for(tenant)).inc(_key(_HELD, reason))
+
+    def ratelimit_rejected(self, tenant: str) -> None:
+        self._series(self._stats_for(tenant)).inc(_key(_REJECTED))
+
+    def upstream_429(self, tenant: str, outcome: str) -> None:
+        self._series(self._stats_for(tenant)).inc(_key(_429, outcome))
 
     # -- reading ---------------------------------------------------------------------------------
 
     def tenant_stats(self, tenant: str) -> TenantStats | None:
-        """The tenant's counts, if it is one of the labelled (existing) tenants."""
-        return self._tenants.get(tenant)
+        """The tenant's counts, while the table holds the tenant."""
+        found = self.table.peek(tenant)
+        return None if found is None else found.stats
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _stats_for(self, tenant: str | None, *, create: bool = False) -> TenantStats:
-        if tenant is None:
-            return self._unlabelled
-        stats = self._tenants.get(tenant)
-        if stats is not None:
-            return stats
-        if not create or len(self._tenants) >= self._max_tenants:
-            return self._unlabelled
-        stats = self._tenants[tenant] = self._new_stats(tenant)
+    def _stats_for(self, tenant: str | None) -> TenantStats:
+        found = self.table.peek(tenant) if tenant is not None else None
+        return self._unlabelled if found is None else self._stats_of(found)
+
+    def _stats_of(self, tenant: Tenant) -> TenantStats:
+        stats = tenant.stats
+        if stats is None:
+            # Without the tenant label, the tenant's series are the shared unlabelled ones.
+            durations = DurationHistograms() if self.tenant_label else self._unlabelled.durations
+            stats = tenant.stats = TenantStats(tenant.id, durations)
         return stats
 
-    def _new_stats(self, tenant: str) -> TenantStats:
-        if not self.tenant_label:
-            return TenantStats(NO_TENANT, self._durations)
-        return TenantStats(tenant, DurationHistograms())
+    def _series(self, stats: TenantStats) -> TenantStats:
+        """Where `stats`' labelled series are counted: its own, or all tenants' together."""
+        return stats if self.tenant_label else self._unlabelled
 
-    def _labels(self, tenant_label: str, *values: str) -> tuple[str, ...]:
-        return (tenant_label, *values) if self.tenant_label else values
+    def _labelled(self) -> list[TenantStats]:
+        if not self.tenant_label:
+            return [self._unlabelled]
+        labelled = [self._unlabelled]
+        labelled.extend(tenant.stats for tenant in self.table if tenant.stats is not None)
+        return labelled
 
     def _scrape_gauges(self) -> Iterable[Metric]:
         labels = ["tenant"] if self.tenant_label else []
@@ -324,33 +315,49 @@ class Metrics:
         )
         budget = GaugeMetricFamily(
             RATELIMIT_REMAINING,
-            "API requests left in the tenant's current Genesys rate-limit window.",
+            "API requests left in the current Genesys rate-limit windows of the tenant's tokens.",
             labels=labels,
         )
-        expiries = self._expiries()
-        budgets = self._budgets()
+        expiries: dict[str, float] = {}
+        budgets: dict[str, int] = {}
+        for tenant in self.table:
+            token = tenant.token
+            if token is not None:
+                expiries[tenant.id] = token.obtained_wall + token.lifetime
+            if tenant.budget is not None and (left := tenant.budget.remaining()) is not None:
+                budgets[tenant.id] = left
         if self.tenant_label:
-            for tenant, value in expiries.items():
-                expiry.add_metric([tenant], value)
-            for tenant, remaining in budgets.items():
-                budget.add_metric([tenant], remaining)
+            for tenant_id, value in expiries.items():
+                expiry.add_metric([tenant_id], value)
+            for tenant_id, remaining in budgets.items():
+                budget.add_metric([tenant_id], remaining)
         else:
             # One series each: the tenant that needs attention first.
             if expiries:
                 expiry.add_metric([], min(expiries.values()))
             if budgets:
                 budget.add_metric([], min(budgets.values()))
-        counters = (
-            self.requests,
-            self.token_fetches,
-            self.upstream_retries,
-            self.ratelimit_held_counts,
-            self.ratelimit_rejected_counts,
-            self.upstream_429_counts,
-        )
-        return [expiry, budget, *(c.family() for c in counters), *self._scrape_histograms()]
+        labelled = self._labelled()
+        return [
+            expiry,
+            budget,
+            *self._scrape_counters(labelled),
+            *self._scrape_histograms(labelled),
+        ]
 
-    def _scrape_histograms(self) -> Iterable[Metric]:
+    def _scrape_counters(self, labelled: list[TenantStats]) -> Iterable[Metric]:
+        tenant = ["tenant"] if self.tenant_label else []
+        families = {
+            kind: CounterMetricFamily(name, documentation, labels=[*tenant, *names])
+            for kind, (name, documentation, names) in _COUNTERS.items()
+        }
+        for stats in labelled:
+            prefix = [stats.label] if self.tenant_label else []
+            for key, value in stats.counts.items():
+                families[key[0]].add_metric([*prefix, *key[1:]], float(value))
+        return list(families.values())
+
+    def _scrape_histograms(self, labelled: list[TenantStats]) -> Iterable[Metric]:
         request = HistogramMetricFamily(
             REQUEST_DURATION,
             "Time from receiving a request to the last byte of its answer.",
@@ -361,31 +368,12 @@ class Metrics:
             "Time from sending a request to Genesys Cloud to its response headers, per attempt.",
             labels=["tenant"] if self.tenant_label else None,
         )
-        if not self.tenant_label:
-            stats = [self._unlabelled]  # every tenant shares its histograms
-        else:
-            stats = [self._unlabelled, *self._tenants.values()]
-        for entry in stats:
+        for entry in labelled:
             labels = [entry.label] if self.tenant_label else []
             durations = entry.durations
             request.add_metric(labels, durations.request_buckets(), durations.request_total)
             upstream.add_metric(labels, durations.upstream_buckets(), durations.upstream_total)
         return [request, upstream]
-
-    def _budgets(self) -> dict[str, int]:
-        if self._ratelimit is None:
-            return {}
-        tenants = self._tenants
-        return {t: left for t, left in self._ratelimit.remaining().items() if t in tenants}
-
-    def _expiries(self) -> dict[str, float]:
-        if self._tokens is None:
-            return {}
-        return {
-            state.tenant: state.expires_at
-            for state in self._tokens.snapshot()
-            if state.expires_at is not None and state.tenant in self._tenants
-        }
 
 
 class _ScrapeTimeGauges:
@@ -402,6 +390,7 @@ class _ScrapeTimeGauges:
             CounterMetricFamily(REQUESTS, ""),
             CounterMetricFamily(FETCHES, ""),
             CounterMetricFamily(UPSTREAM_RETRIES, ""),
+            CounterMetricFamily(CREDENTIAL_CHANGES, ""),
             CounterMetricFamily(RATELIMIT_HELD, ""),
             CounterMetricFamily(RATELIMIT_REJECTED, ""),
             CounterMetricFamily(UPSTREAM_429, ""),

@@ -1,18 +1,25 @@
-"""Tenants' Genesys OAuth clients: where they come from (Vault or a file) and their cache."""
+"""Tenants' Genesys OAuth clients: where they come from (Vault or a file), and the store.
+
+`CredentialStore` is a policy over the tenant table (`proxy.tenants.table`): each tenant's record
+and when it was read are slots of its `Tenant`. Vault is the truth within `credentials.ttl`: the
+first request that finds a record older than that starts one re-read in the background and is
+served meanwhile; a changed client drops the tenant's tokens, a removed or denied record cuts the
+tenant off, and dropped tokens are revoked at Genesys.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import yaml
-from cachetools import TTLCache
 
 from proxy.config import Config
 from proxy.errors import (
@@ -20,24 +27,32 @@ from proxy.errors import (
     InvalidTenant,
     InvalidTenantCredentials,
     ProxyError,
+    TenantForbidden,
     UnknownTenant,
     VaultUnavailable,
 )
-from proxy.regions import resolve_region
+from proxy.tenants.record import TenantCredentials, parse_record
 from proxy.tenants.singleflight import SingleFlight
+from proxy.tenants.table import ReadWatch, Tenant, TenantTable
+from proxy.vault.renewal import VaultRenewer
 from proxy.vault.session import RequestObserver, VaultSession
+
+if TYPE_CHECKING:
+    from proxy.tenants.oauth import Token
+
+__all__ = [
+    "CredentialSource",
+    "CredentialStore",
+    "FileCredentialSource",
+    "TenantCredentials",
+    "VaultCredentialSource",
+    "create_credential_source",
+    "parse_record",
+]
 
 log = logging.getLogger("proxy.tenants.credentials")
 
-
-@dataclass(frozen=True, slots=True)
-class TenantCredentials:
-    """One tenant's Genesys OAuth client; `region` is already resolved to a Genesys domain."""
-
-    tenant: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    region: str
+CredentialChange = Literal["rotated", "removed", "forbidden"]
 
 
 class CredentialSource(Protocol):
@@ -53,46 +68,15 @@ class CredentialSource(Protocol):
 
     async def ready(self) -> bool: ...
 
+    def kept_alive(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While entered, keep the source usable (Vault: renew the token, log in again)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the admin page shows about the source, besides its name; never a secret."""
+        ...
+
     async def close(self) -> None: ...
-
-
-# Each field's accepted spellings, preferred first: the old tenant service wrote camelCase.
-_FIELDS = {
-    "client_id": ("client_id", "clientId"),
-    "client_secret": ("client_secret", "clientSecret"),
-    "region": ("region",),
-}
-
-
-def parse_record(tenant: str, data: Mapping[str, Any]) -> TenantCredentials:
-    """Validate a stored record; problems name the field, never a value (it may be the secret)."""
-    values: dict[str, str] = {}
-    for name, spellings in _FIELDS.items():
-        key = next((key for key in spellings if data.get(key) not in (None, "")), None)
-        if key is None:
-            raise InvalidTenantCredentials(
-                f"the credential record of tenant {tenant!r} has no {name}", tenant=tenant
-            )
-        value = data[key]
-        if not isinstance(value, str) or not value.strip():
-            raise InvalidTenantCredentials(
-                f"the credential record of tenant {tenant!r} has a {key} that is blank or "
-                f"not a string",
-                tenant=tenant,
-            )
-        values[name] = value.strip()
-    try:
-        region = resolve_region(values["region"])
-    except ValueError as exc:
-        raise InvalidTenantCredentials(
-            f"the credential record of tenant {tenant!r} has a bad region: {exc}", tenant=tenant
-        ) from exc
-    return TenantCredentials(
-        tenant=tenant,
-        client_id=values["client_id"],
-        client_secret=values["client_secret"],
-        region=region,
-    )
 
 
 class VaultCredentialSource:
@@ -133,6 +117,18 @@ class VaultCredentialSource:
 
     async def ready(self) -> bool:
         return await self._session.ready()
+
+    def kept_alive(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return _renewing(self._session)
+
+    def describe(self) -> dict[str, Any]:
+        session = self._session
+        return {
+            "address": session.address,
+            "auth_method": session.method,
+            "authenticated": session.authenticated,
+            "last_error": session.last_error,
+        }
 
     async def close(self) -> None:
         await self._session.close()
@@ -191,6 +187,12 @@ class FileCredentialSource:
 
     async def ready(self) -> bool:
         return self._stamp is not None
+
+    def kept_alive(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict[str, Any]:
+        return {"file": str(self._path)}
 
     async def close(self) -> None:
         return None
@@ -251,6 +253,12 @@ class FileCredentialSource:
         return stamp, records
 
 
+@contextlib.asynccontextmanager
+async def _renewing(session: VaultSession) -> AsyncIterator[None]:
+    async with VaultRenewer(session).running():
+        yield
+
+
 class _FileProblem(Exception):
     """The credentials file cannot be used; the message names the file, never a secret."""
 
@@ -260,51 +268,52 @@ class _FileProblem(Exception):
 STALE_RECHECK_SECONDS = 5.0
 
 
-@dataclass(slots=True)
-class _Cached:
-    """A cached record, the time until which it is fresh, and until which it is kept at all."""
+class TokenRevoker(Protocol):
+    """Revokes a dropped token at Genesys, in the background and best effort."""
 
-    record: TenantCredentials
-    fresh_until: float
-    keep_until: float
+    def revoke(self, token: Token) -> None: ...
+
+
+class CredentialObserver(Protocol):
+    """Told when a re-read finds a tenant's record changed, gone or denied."""
+
+    def credential_changed(self, tenant: Tenant, change: CredentialChange) -> None: ...
 
 
 class CredentialStore:
-    """Cached credential records in front of a source: one source read per tenant at a time.
+    """Tenants' records on their table objects, in front of a source; one read per tenant at once.
 
-    Records are fresh for `ttl` seconds. When a fresh read fails because the source is
-    unavailable (Vault down, sealed, failing), the expired record is served for up to
-    `stale_ttl` seconds more (stale-if-error), counted in `stale_served` and logged. An unknown
-    tenant is remembered `negative_ttl` seconds so a flood of requests for it reads the source
-    once per window. Other answers (forbidden, invalid records) are not cached, never served
-    stale: the next request asks again.
+    A record is used without asking the source for `ttl` seconds. After that the first request
+    to find it old starts one re-read in the background and is served with it meanwhile; so is
+    everyone else until the re-read ends. When the source is unavailable (Vault down, sealed,
+    failing) the record keeps being served for up to `stale_ttl` seconds past its ttl
+    (stale-if-error, counted in `stale_served`, re-checked every few seconds). A tenant the
+    source has no record for is remembered in the table `negative_ttl` seconds, so a flood of
+    requests for it reads the source once per window. Denied reads and invalid records are not
+    remembered: the next request asks again.
     """
 
     def __init__(
         self,
+        table: TenantTable,
         source: CredentialSource,
         *,
         ttl: float,
-        negative_ttl: float,
-        max_entries: int,
         stale_ttl: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        revoker: TokenRevoker | None = None,
+        observer: CredentialObserver | None = None,
     ) -> None:
+        self._table = table
         self._source = source
         self._ttl = ttl
-        self._clock = clock
         self._stale_ttl = stale_ttl
-        self._max_entries = max_entries
-        # Kept for ttl + stale_ttl, oldest read first; each entry knows when it expires. A plain
-        # dict rather than a TTLCache: that keeps a link object, an ordered-dict node and a size
-        # entry per key, about 200 bytes per tenant.
-        self._records: dict[str, _Cached] = {}
-        self._unknown: TTLCache[str, str] = TTLCache(
-            maxsize=max_entries, ttl=negative_ttl, timer=clock
-        )
-        self._flights: SingleFlight[str, TenantCredentials] = SingleFlight("credentials")
-        # Bumped by invalidate(): a read that started before must not cache its stale result.
-        self._invalidations = 0
+        self._clock = clock if clock is not None else table.clock
+        self._revoker = revoker
+        self._observer = observer
+        self._flights: SingleFlight[str, Tenant] = SingleFlight("credentials")
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.reads = 0
         self.stale_served = 0
 
@@ -312,98 +321,203 @@ class CredentialStore:
     def source(self) -> CredentialSource:
         return self._source
 
-    async def get(self, tenant: str) -> TenantCredentials:
-        """Return the tenant's record, from the cache or read once however many callers wait."""
-        cached = self._records.get(tenant)
-        if cached is not None and self._clock() < cached.fresh_until:
-            return cached.record
-        unknown = self._unknown.get(tenant)
+    @property
+    def table(self) -> TenantTable:
+        return self._table
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply `credentials.ttl`, `stale_ttl` and `negative_ttl` at once, to cached records."""
+        credentials = config.credentials
+        self._ttl, self._stale_ttl = credentials.ttl, credentials.stale_ttl
+        self._table.reconfigure(negative_ttl=credentials.negative_ttl)
+        for tenant in self._table:
+            if tenant.record is not None:
+                fresh_until = tenant.read_at + self._ttl
+                tenant.set_record_fresh_until(fresh_until, fresh_until + self._stale_ttl)
+
+    async def get(self, tenant_id: str) -> Tenant:
+        """The tenant's object with a usable record, read once however many callers wait."""
+        tenant = self._table.get(tenant_id)
+        if tenant is not None and tenant.record is not None:
+            now = self._clock()
+            if now < tenant.record_fresh_until:
+                return tenant
+            if now < tenant.keep_until:
+                self._revalidate_in_background(tenant_id)
+                return tenant
+        unknown = self._table.unknown(tenant_id)
         if unknown is not None:
-            raise UnknownTenant(unknown, tenant=tenant)
-        read = functools.partial(self._read, tenant, self._invalidations)
-        return await self._flights.do(tenant, read)
+            raise UnknownTenant(unknown, tenant=tenant_id)
+        return await self._shared_read(tenant_id)
 
-    def cached(self, tenant: str) -> TenantCredentials | None:
-        """The cached record of `tenant` (fresh or stale), without reading the source."""
-        cached = self._kept(tenant)
-        return None if cached is None else cached.record
+    def _shared_read(self, tenant_id: str) -> Awaitable[Tenant]:
+        """Join the tenant's read under way, or start one watched for evictions from now on."""
+        # Joining a read under way: `_read` is not called, so it needs no watch of its own.
+        joining = self._flights.in_flight(tenant_id)
+        watch = None if joining else self._table.watch(tenant_id)
+        return self._flights.do(tenant_id, functools.partial(self._read, tenant_id, watch))
 
-    def invalidate(self, tenant: str) -> None:
-        """Forget the tenant's record (and that it was unknown); the next get reads the source."""
-        self._invalidations += 1
-        self._records.pop(tenant, None)
-        self._unknown.pop(tenant, None)
+    async def record(self, tenant_id: str) -> TenantCredentials:
+        """The tenant's usable record (see `get`)."""
+        record = (await self.get(tenant_id)).record
+        if record is None:  # pragma: no cover - get() returns only tenants with a record
+            raise UnknownTenant(f"no credential record for tenant {tenant_id!r}", tenant=tenant_id)
+        return record
+
+    def cached(self, tenant_id: str) -> TenantCredentials | None:
+        """The cached record of `tenant_id` (fresh or stale), without reading the source."""
+        tenant = self._table.peek(tenant_id)
+        if tenant is None or tenant.record is None or self._clock() >= tenant.keep_until:
+            return None
+        return tenant.record
+
+    def invalidate(self, tenant_id: str) -> None:
+        """Forget everything about the tenant (the table's eviction); the next get reads anew."""
+        self._table.evict(tenant_id)
 
     def known_tenants(self) -> list[str]:
         """Tenants whose records are cached, sorted."""
         now = self._clock()
-        return sorted(t for t, cached in self._records.items() if now < cached.keep_until)
+        return [
+            tenant.id
+            for tenant in self._table.tenants()
+            if tenant.record is not None and now < tenant.keep_until
+        ]
 
     async def ready(self) -> bool:
         return await self._source.ready()
 
+    async def settled(self) -> None:
+        """Wait until the background re-reads started so far have ended (for tests, and close)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
     async def close(self) -> None:
         """Cancel reads in flight (the source is closed by whoever opened it)."""
+        self._closed = True
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self._flights.close()
 
-    async def _read(self, tenant: str, invalidations: int) -> TenantCredentials:
+    def _revalidate_in_background(self, tenant_id: str) -> None:
+        if self._closed or self._flights.in_flight(tenant_id):
+            return
+        task = asyncio.create_task(self._revalidate(tenant_id), name=f"revalidate:{tenant_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _revalidate(self, tenant_id: str) -> None:
+        # `_read` has acted on and logged the outcome; requests go on with what it left.
+        with contextlib.suppress(Exception):
+            await self._shared_read(tenant_id)
+
+    async def _read(self, tenant_id: str, watch: ReadWatch | None) -> Tenant:
+        """One source read, and what it means for the tenant; runs inside the single flight."""
+        before = self._table.peek(tenant_id)
+        if watch is None:  # pragma: no cover - only a joining caller passes None
+            watch = self._table.watch(tenant_id)
+        try:
+            return await self._read_watched(tenant_id, before, watch)
+        finally:
+            self._table.unwatch(tenant_id, watch)
+
+    async def _read_watched(
+        self, tenant_id: str, before: Tenant | None, watch: ReadWatch
+    ) -> Tenant:
         self.reads += 1
         try:
-            record = await self._source.fetch(tenant)
+            record = await self._source.fetch(tenant_id)
         except UnknownTenant as exc:
-            if invalidations == self._invalidations:
-                self._unknown[tenant] = exc.message
+            if not watch.evicted and (before is None or self._table.holds(before)):
+                if before is not None and before.record is not None:
+                    self._cut_off(before, "removed", exc)
+                self._table.remember_unknown(tenant_id, exc.message)
+            raise
+        except TenantForbidden as exc:
+            if before is not None and before.record is not None and self._table.holds(before):
+                self._cut_off(before, "forbidden", exc)
+            raise
+        except InvalidTenantCredentials as exc:
+            if before is not None and before.record is not None and self._table.holds(before):
+                self._cut_off(before, None, exc)
             raise
         except VaultUnavailable as exc:
-            cached = self._kept(tenant)
-            if cached is None or invalidations != self._invalidations:
+            if (
+                before is None
+                or before.record is None
+                or self._clock() >= before.keep_until
+                or not self._table.holds(before)
+            ):
                 raise
-            return self._serve_stale(tenant, cached, exc)
-        if invalidations == self._invalidations:
-            self._store(tenant, record)
-        return record
-
-    def _kept(self, tenant: str) -> _Cached | None:
-        """The tenant's entry unless it is past its stale grace (then it is dropped)."""
-        cached = self._records.get(tenant)
-        if cached is not None and self._clock() >= cached.keep_until:
-            del self._records[tenant]
-            return None
-        return cached
-
-    def _store(self, tenant: str, record: TenantCredentials) -> None:
+            return self._serve_stale(before, exc)
         now = self._clock()
+        if watch.evicted:
+            tenant = Tenant(tenant_id)
+        elif before is None:
+            tenant = self._table.admit(tenant_id)
+        elif self._table.holds(before):
+            tenant = before
+        else:
+            # Evicted during the read: this caller is served, nothing is kept.
+            tenant = Tenant(tenant_id)
+        old = tenant.record
+        if old is not None and not old.same_client(record):
+            self._drop_tokens(tenant)
+            # A rejection or refusal was about the old client.
+            tenant.trouble = tenant.refusal = None
+            self._changed(tenant, "rotated")
+            log.warning(
+                "the credential record of tenant %s changed in Vault (client, secret or region): "
+                "its tokens are dropped and revoked",
+                tenant_id,
+                extra={"tenant": tenant_id},
+            )
         fresh_until = now + self._ttl
-        # Removed first so the entry moves to the end: the dict stays ordered oldest read first.
-        records = self._records
-        records.pop(tenant, None)
-        # Every entry is kept equally long, so the oldest stored expires first: drop the expired
-        # ones from the front, then the oldest if the cache is still full.
-        while records:
-            oldest = next(iter(records))
-            if now < records[oldest].keep_until and len(records) < self._max_entries:
-                break
-            del records[oldest]
-        self._records[tenant] = _Cached(record, fresh_until, fresh_until + self._stale_ttl)
+        tenant.set_record(
+            record, read_at=now, fresh_until=fresh_until, keep_until=fresh_until + self._stale_ttl
+        )
+        self._table.forget_unknown(tenant_id)
+        return tenant
 
-    def _serve_stale(
-        self, tenant: str, cached: _Cached, exc: VaultUnavailable
-    ) -> TenantCredentials:
-        # Mutated in place: assigning would restart the entry's time in the cache, and so
-        # stretch the stale grace past stale_ttl.
-        # Never past the end of the grace: the fast path in `get` only looks at fresh_until.
-        cached.fresh_until = min(
-            self._clock() + min(STALE_RECHECK_SECONDS, self._ttl or STALE_RECHECK_SECONDS),
-            cached.keep_until,
+    def _cut_off(self, tenant: Tenant, change: CredentialChange | None, exc: ProxyError) -> None:
+        """The tenant's record is gone, denied or broken: no more tokens from it."""
+        self._drop_tokens(tenant)
+        tenant.set_record(None, read_at=self._clock(), fresh_until=-math.inf, keep_until=-math.inf)
+        if change is not None:
+            self._changed(tenant, change)
+        log.warning(
+            "tenant %s is cut off: %s; its tokens are dropped and revoked",
+            tenant.id,
+            exc.message,
+            extra={"tenant": tenant.id},
+        )
+
+    def _drop_tokens(self, tenant: Tenant) -> None:
+        dropped = tenant.drop_tokens()
+        if self._revoker is not None:
+            for token in dropped:
+                self._revoker.revoke(token)
+
+    def _changed(self, tenant: Tenant, change: CredentialChange) -> None:
+        if self._observer is not None:
+            self._observer.credential_changed(tenant, change)
+
+    def _serve_stale(self, tenant: Tenant, exc: VaultUnavailable) -> Tenant:
+        # Never past the end of the grace; re-checked after a few seconds, not by every request.
+        recheck = min(STALE_RECHECK_SECONDS, self._ttl or STALE_RECHECK_SECONDS)
+        tenant.set_record_fresh_until(
+            min(self._clock() + recheck, tenant.keep_until), tenant.keep_until
         )
         self.stale_served += 1
         log.warning(
             "serving the cached credentials of tenant %s past their ttl: %s",
-            tenant,
+            tenant.id,
             exc.message,
-            extra={"tenant": tenant, "outcome": "stale"},
+            extra={"tenant": tenant.id, "outcome": "stale"},
         )
-        return cached.record
+        return tenant
 
 
 def create_credential_source(

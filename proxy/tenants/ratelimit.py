@@ -14,7 +14,7 @@ answered. Until a token's first answer, only one request (a probe) goes out on i
 costs no 429s. The limiter never sends more than a window allows as long as it sees every request
 made with the token; `/auth/token` hands tokens to apps, whose own requests show up in the counts.
 
-    budget = limiter.budget(tenant)
+    budget = limiter.budget_of(tenant)                                 # on the tenant's object
     lease = await budget.acquire(lambda: tokens, gone=client_gone)   # may hold, may raise
     ...send with lease.token...
     lease.answered(status, headers)                                   # or lease.abandon()
@@ -27,8 +27,8 @@ import contextlib
 import logging
 import math
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
@@ -203,7 +203,7 @@ class _Waiter(Generic[T]):
 
     future: asyncio.Future[Lease[T]]
     gone: Callable[[], bool] | None
-    deadline: float  # the limiter's clock: when max_wait is up
+    arrived: float  # the limiter's clock
 
 
 class TenantBudget(Generic[T]):
@@ -315,7 +315,7 @@ class TenantBudget(Generic[T]):
         if predicted > settings.max_wait:
             raise self._used_up(waiting, now)
         future: asyncio.Future[Lease[T]] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(future, gone, now + settings.max_wait)
+        waiter = _Waiter(future, gone, now)
         self._queue.append(waiter)
         self._limiter.held(self.tenant, "budget")
         self._arm_timer(now)
@@ -489,12 +489,14 @@ class TenantBudget(Generic[T]):
         forecast = self._forecast(now)
         if forecast is None:
             return
+        # The current max_wait, so that a reload lowering it applies to held requests too.
+        max_wait = self._limiter.settings.max_wait
         position = 0
         for waiter in self._queue:
             if waiter.future.done():
                 continue
             predicted = _wait_at(position, *forecast)
-            if now + predicted > waiter.deadline:
+            if now + predicted > waiter.arrived + max_wait:
                 waiter.future.set_exception(self._used_up(position, now))
                 continue
             position += 1
@@ -563,8 +565,19 @@ async def _wait_for_lease(waiter: _Waiter[T]) -> None:
             raise ConnectionResetError("the client went away while its request was held")
 
 
+class BudgetHolder(Protocol[T]):
+    """What owns a budget: the tenant's table object (`proxy.tenants.table.Tenant`)."""
+
+    id: str
+    budget: TenantBudget[T] | None
+
+
 class RateLimiter(Generic[T]):
-    """The proxy's rate-limit policy: settings (reloadable), the tenants' budgets, metrics."""
+    """The proxy's rate-limit policy: settings (reloadable), budgets made on tenants, metrics.
+
+    A tenant's `TenantBudget` lives on its table object and goes with it; `budgets` lists the
+    live ones, for a reload and for shutdown.
+    """
 
     def __init__(
         self,
@@ -572,14 +585,12 @@ class RateLimiter(Generic[T]):
         *,
         clock: Clock = time.monotonic,
         observer: RateLimitObserver | None = None,
-        max_tenants: int = 10_000,
+        budgets: Callable[[], Iterable[TenantBudget[T]]] = tuple,
     ) -> None:
         self.settings = settings or RateLimitSettings()
         self.clock = clock
         self._observer = observer
-        self._max_tenants = max_tenants
-        # Least recently used first; bounded like the token cache.
-        self._budgets: OrderedDict[str, TenantBudget[T]] = OrderedDict()
+        self._budgets = budgets
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded `genesys.rate_limit` at once, to held requests too."""
@@ -587,42 +598,19 @@ class RateLimiter(Generic[T]):
         if settings != self.settings:
             log.info("rate-limit settings now %s", settings)
         self.settings = settings
-        for budget in self._budgets.values():
+        for budget in self._budgets():
             budget.release()
 
-    # -- budgets ---------------------------------------------------------------------------------
-
-    def budget(self, tenant: str) -> TenantBudget[T]:
-        """The tenant's budget, made on first use."""
-        budget = self._budgets.get(tenant)
+    def budget_of(self, holder: BudgetHolder[T]) -> TenantBudget[T]:
+        """The holder's budget, made on first use."""
+        budget = holder.budget
         if budget is None:
-            budget = self._budgets[tenant] = TenantBudget(tenant, self)
-            if len(self._budgets) > self._max_tenants:
-                _, evicted = self._budgets.popitem(last=False)
-                evicted.close()
-        else:
-            self._budgets.move_to_end(tenant)
+            budget = holder.budget = TenantBudget(holder.id, self)
         return budget
 
-    def peek(self, tenant: str) -> TenantBudget[T] | None:
-        return self._budgets.get(tenant)
-
-    def forget(self, tenant: str) -> None:
-        """Drop the tenant's budget (the tenant was evicted)."""
-        budget = self._budgets.pop(tenant, None)
-        if budget is not None:
-            budget.close()
-
-    def remaining(self) -> dict[str, int]:
-        """Each tenant's requests left in its tokens' windows, where known (metrics)."""
-        return {
-            tenant: left
-            for tenant, budget in self._budgets.items()
-            if (left := budget.remaining()) is not None
-        }
-
     def close(self) -> None:
-        for budget in self._budgets.values():
+        """Stop the budgets' timers and pool growth (shutdown)."""
+        for budget in self._budgets():
             budget.close()
 
     # -- upstream 429s ---------------------------------------------------------------------------

@@ -1,34 +1,47 @@
-"""Per-tenant Genesys Cloud tokens: fetching them, caching them, refreshing them ahead of expiry.
+"""Per-tenant Genesys Cloud tokens: caching, single-flight fetching, refresh-ahead, backoff.
 
-`TokenManager.get(tenant)` is the one call the proxy makes per request. A valid cached token is a
-dict lookup away; a tenant without one waits on a single shared fetch (single-flight); a token
-past `refresh_at` of its life is refreshed in the background while the current one keeps serving.
-`GenesysTokenFetcher` is the only code that talks to the Genesys login service.
+A policy over the tenant table (`proxy.tenants.table`): the tokens, backoff and refusal state it
+keeps are slots of each tenant's `Tenant`. `TokenManager.lookup(tenant)` is the one call a
+request makes: it returns the tenant's object and the token to inject. A valid cached token is
+one table lookup away; a tenant without one waits on a single shared fetch (single-flight); a
+token past `refresh_at` of its life is refreshed in the background while it keeps serving. The
+login client itself is `proxy.tenants.oauth`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import email.utils
 import functools
-import json
 import logging
 import math
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-import aiohttp
-
+from proxy.backoff import backoff_delay
+from proxy.config import Config
 from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, VaultUnavailable
-from proxy.tenants.credentials import TenantCredentials
+from proxy.tenants.oauth import (
+    EXPIRY_MARGIN_FRACTION,
+    EXPIRY_MARGIN_SECONDS,
+    GenesysTokenFetcher,
+    Token,
+)
+from proxy.tenants.record import TenantCredentials
 from proxy.tenants.singleflight import SingleFlight
+from proxy.tenants.table import FetchTrouble, RefusalBackoff, Tenant, TenantTable
+
+__all__ = [
+    "EXPIRY_MARGIN_FRACTION",
+    "EXPIRY_MARGIN_SECONDS",
+    "GenesysTokenFetcher",
+    "TenantTokenState",
+    "Token",
+    "TokenManager",
+]
 
 log = logging.getLogger("proxy.tenants.tokens")
 
@@ -36,50 +49,16 @@ Clock = Callable[[], float]
 TokenStateName = Literal["valid", "refreshing", "expired", "failing"]
 FetchOutcome = Literal["success", "rejected", "error"]
 
-# The contract: a token counts as expired min(30 s, 10 % of its lifetime) before `expires_in`.
-EXPIRY_MARGIN_SECONDS = 30.0
-EXPIRY_MARGIN_FRACTION = 0.1
-
-# After a failed fetch a tenant waits before the next one: full jitter between BACKOFF_BASE and
-# a ceiling that doubles with each consecutive failure, up to BACKOFF_CAP (seconds).
+# After a failed fetch a tenant waits before the next one: jittered, doubling with each
+# consecutive failure from BACKOFF_BASE up to BACKOFF_CAP (seconds).
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 # A token endpoint's Retry-After is honoured up to this: a broken header must not lock a tenant out.
 RETRY_AFTER_CAP = 300.0
-
-# OAuth error codes with which a token endpoint says the client itself is bad (RFC 6749 5.2).
-_REJECTED_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "access_denied"})
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """An access token for one tenant, bound to the region domain that issued it."""
-
-    value: str = field(repr=False)
-    tenant: str
-    domain: str
-    lifetime: float
-    obtained_at: float
-    obtained_wall: float
-    # Precomputed: the hot path compares against it on every request.
-    usable_until: float = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        margin = min(EXPIRY_MARGIN_SECONDS, EXPIRY_MARGIN_FRACTION * self.lifetime)
-        object.__setattr__(self, "usable_until", self.expires_at - margin)
-
-    @property
-    def expires_at(self) -> float:
-        """Monotonic time at which Genesys says the token expires."""
-        return self.obtained_at + self.lifetime
-
-    def refresh_due(self, refresh_at: float) -> float:
-        """Monotonic time after which the token should be replaced in the background."""
-        return self.obtained_at + refresh_at * self.lifetime
-
-    def seconds_left(self, now: float) -> float:
-        """Seconds the token may still be injected, never negative."""
-        return max(0.0, self.usable_until - now)
+# The contract's 401 storm rule: once a fresh token is refused too, the tenant's next 401-driven
+# refetch waits this long, doubling while fresh tokens keep being refused.
+REFUSAL_BACKOFF_BASE = 10.0
+REFUSAL_BACKOFF_CAP = 300.0
 
 
 class TokenFetcher(Protocol):
@@ -89,9 +68,9 @@ class TokenFetcher(Protocol):
 
 
 class CredentialProvider(Protocol):
-    """Looks up a tenant's OAuth client; raises proxy errors such as `UnknownTenant`."""
+    """The tenant's table object with a usable record; raises e.g. `UnknownTenant`."""
 
-    async def get(self, tenant: str) -> TenantCredentials: ...
+    async def get(self, tenant: str) -> Tenant: ...
 
 
 class TokenObserver(Protocol):
@@ -100,153 +79,7 @@ class TokenObserver(Protocol):
     def cache_lookup(self, *, hit: bool) -> None: ...
 
     # Only for real token requests: the tenant's credential record was found.
-    def token_fetch(self, tenant: str, outcome: FetchOutcome) -> None: ...
-
-
-class GenesysTokenFetcher:
-    """Fetches client-credentials tokens from the login service of a tenant's Genesys region."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        login_url_template: str,
-        *,
-        timeout: float,
-        connect_timeout: float,
-        clock: Clock = time.monotonic,
-        wall_clock: Clock = time.time,
-    ) -> None:
-        self._session = session
-        self._login_url_template = login_url_template
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
-        self._clock = clock
-        self._wall_clock = wall_clock
-
-    async def fetch(self, credentials: TenantCredentials) -> Token:
-        """POST the client-credentials grant and turn the answer into a `Token`."""
-        tenant, region = credentials.tenant, credentials.region
-        url = self._login_url_template.format(domain=region) + "/oauth/token"
-        pair = f"{credentials.client_id}:{credentials.client_secret}".encode()
-        headers = {
-            "Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
-            "Accept": "application/json",
-            # Explicit: the proxy's session skips aiohttp's automatic Content-Type.
-            "Content-Type": "application/x-www-form-urlencoded",
-        }
-        # Stamp before sending: the token's life cannot have started earlier than this.
-        obtained_at, obtained_wall = self._clock(), self._wall_clock()
-        where = f"for tenant {tenant!r} (region {region})"
-        try:
-            async with self._session.post(
-                url,
-                data={"grant_type": "client_credentials"},
-                headers=headers,
-                timeout=self._timeout,
-                # A redirect would carry the client's Basic credentials to another URL.
-                allow_redirects=False,
-                # raise_for_status errors carry the request headers, Basic credentials included.
-                raise_for_status=False,
-            ) as response:
-                status = response.status
-                retry_after = _parse_retry_after(response.headers.get("Retry-After"), obtained_wall)
-                body = await response.read()
-        except TimeoutError as exc:
-            raise TokenUnavailable(
-                f"The Genesys token endpoint {where} did not answer in time.", tenant=tenant
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TokenUnavailable(
-                f"The Genesys token endpoint {where} could not be reached ({type(exc).__name__}).",
-                tenant=tenant,
-            ) from exc
-
-        if status == 200:
-            value, lifetime = _parse_token_answer(body)
-            if value is None or lifetime is None:
-                raise TokenUnavailable(
-                    f"The Genesys token endpoint {where} sent a malformed token answer.",
-                    tenant=tenant,
-                )
-            return Token(
-                value=value,
-                tenant=tenant,
-                domain=region,
-                lifetime=lifetime,
-                obtained_at=obtained_at,
-                obtained_wall=obtained_wall,
-            )
-        error = _oauth_error(body)
-        if status in (400, 401, 403) and error in _REJECTED_CLIENT_ERRORS:
-            raise GenesysAuthFailed(
-                f"The Genesys token endpoint {where} rejected the OAuth client ({error}).",
-                tenant=tenant,
-            )
-        if status == 429:
-            raise TokenUnavailable(
-                f"The Genesys token endpoint {where} is rate-limiting the OAuth client.",
-                tenant=tenant,
-                retry_after=retry_after,
-            )
-        detail = f"HTTP {status}, {error}" if error else f"HTTP {status}"
-        raise TokenUnavailable(
-            f"The Genesys token endpoint {where} failed ({detail}).",
-            tenant=tenant,
-            retry_after=retry_after if status >= 500 else None,
-        )
-
-
-def _parse_token_answer(body: bytes) -> tuple[str | None, float | None]:
-    """Return (access_token, expires_in) from a 200 answer, None for whichever is unusable."""
-    data = _json_object(body)
-    if data is None:
-        return None, None
-    value = data.get("access_token")
-    lifetime = data.get("expires_in")
-    if not isinstance(value, str) or not value:
-        value = None
-    if (
-        isinstance(lifetime, bool)
-        or not isinstance(lifetime, int | float)
-        or not math.isfinite(lifetime)
-        or lifetime <= 0
-    ):
-        lifetime = None
-    return value, None if lifetime is None else float(lifetime)
-
-
-def _oauth_error(body: bytes) -> str | None:
-    """The OAuth `error` code of an error answer, if it has a sane one."""
-    data = _json_object(body)
-    error = data.get("error") if data is not None else None
-    # Echoed into messages and logs, so only a short token-like code is accepted.
-    if isinstance(error, str) and 0 < len(error) <= 64 and error.replace("_", "").isalnum():
-        return error
-    return None
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _parse_retry_after(value: str | None, now_wall: float) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or HTTP-date), None when absent or bad."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, binascii.Error):
-            return None
-        seconds = when.timestamp() - now_wall
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
+    def token_fetch(self, tenant: Tenant, outcome: FetchOutcome) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -265,38 +98,17 @@ class TenantTokenState:
     expires_at: float | None = None
 
 
-@dataclass(slots=True, eq=False)
-class _TenantEntry:
-    """The manager's bookkeeping for one tenant."""
-
-    token: Token | None = None
-    # Until then `get` returns `token` without a second look: min(refresh due, usable until),
-    # or a short floor after a failed background refresh. -inf when there is no token.
-    fresh_until: float = -math.inf
-    rejected: GenesysAuthFailed | None = None
-    rejected_until: float = -math.inf
-    failing: bool = False
-    # Backoff after transient failures: no fetch starts before `retry_at`, and a request without
-    # a usable token meanwhile gets `failure` again at once rather than waiting on a new fetch.
-    failures: int = 0
-    retry_at: float = -math.inf
-    failure: ProxyError | None = None
-    last_refresh: float | None = None
-    last_error_code: str | None = None
-    last_error_message: str | None = None
-    fetches: int = 0
-
-
 class TokenManager:
-    """Caches one token per tenant, fetches it single-flight and refreshes it ahead of expiry."""
+    """Caches each tenant's token on its table object, fetches it single-flight, refreshes ahead."""
 
     def __init__(
         self,
+        table: TenantTable,
         credentials: CredentialProvider,
         fetcher: TokenFetcher,
         *,
         refresh_at: float = 0.8,
-        max_tenants: int = 10_000,
+        pool_size: int = 1,
         rejected_ttl: float = 10.0,
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
@@ -304,95 +116,352 @@ class TokenManager:
         observer: TokenObserver | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        if not 0.0 < refresh_at <= 1.0:
-            raise ValueError(f"refresh_at must be in (0, 1], not {refresh_at}")
-        if max_tenants < 1:
-            raise ValueError(f"max_tenants must be at least 1, not {max_tenants}")
+        _check_refresh_at(refresh_at)
         if not 0.0 < backoff_base <= backoff_cap:
             raise ValueError(
                 f"need 0 < backoff_base <= backoff_cap, not {backoff_base}, {backoff_cap}"
             )
+        self._table = table
         self._credentials = credentials
         self._fetcher = fetcher
         self._refresh_at = refresh_at
-        self._max_tenants = max_tenants
+        # genesys.rate_limit.tokens_per_tenant: how many tokens a tenant's pool may hold.
+        self._pool_size = max(1, pool_size)
         self._rejected_ttl = rejected_ttl
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._clock = clock
         self._observer = observer
         self._jitter = jitter
-        # Least recently used first; tokens and all per-tenant bookkeeping share this one bound.
-        self._entries: OrderedDict[str, _TenantEntry] = OrderedDict()
-        self._flights: SingleFlight[str, Token] = SingleFlight("token-fetch")
+        # Keyed by the tenant's object: a tenant evicted and seen again gets a flight of its own.
+        self._flights: SingleFlight[Tenant, Token] = SingleFlight("token-fetch")
+        # The pool's own fetches (another token, or a pool token's refresh): one at a time.
+        self._pool_flights: SingleFlight[Tenant, Token | None] = SingleFlight("token-pool")
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._evictions = 0
         self.fetches = 0
 
-    async def get(self, tenant: str) -> Token:
-        """Return a valid token for `tenant`, fetching one if there is none."""
-        entry = self._entries.get(tenant)
-        if entry is not None:
-            token = entry.token
-            if token is not None and self._clock() < entry.fresh_until:
-                self._entries.move_to_end(tenant)
-                if self._observer is not None:
-                    self._observer.cache_lookup(hit=True)
-                return token
-        return await self._get_slow(tenant, entry)
+    @property
+    def table(self) -> TenantTable:
+        return self._table
 
-    async def _get_slow(self, tenant: str, entry: _TenantEntry | None) -> Token:
-        now = self._clock()
-        if entry is not None:
-            self._entries.move_to_end(tenant)
-            token = entry.token
-            if token is not None and now < token.usable_until:
-                self._refresh_in_background(tenant, entry, now)
+    def reconfigure(self, config: Config) -> None:
+        """Apply `genesys.refresh_at` and the pool size at once, to cached tokens too."""
+        refresh_at = config.genesys.refresh_at
+        _check_refresh_at(refresh_at)
+        self._refresh_at = refresh_at
+        self._pool_size = config.genesys.rate_limit.tokens_per_tenant
+        for tenant in self._table:
+            token = tenant.token
+            if token is not None:
+                tenant.set_token_fresh_until(min(token.refresh_due(refresh_at), token.usable_until))
+
+    async def lookup(self, tenant_id: str) -> tuple[Tenant, Token]:
+        """The tenant's object and a valid token for it, fetching one if there is none."""
+        tenant = self._table.get(tenant_id)
+        if tenant is not None:
+            tokens = tenant.tokens
+            if tokens and self._clock() < tenant.fresh_until:
                 if self._observer is not None:
                     self._observer.cache_lookup(hit=True)
-                return token
-            if entry.rejected is not None and now < entry.rejected_until:
-                # A fresh exception each time: re-raising one instance keeps growing its traceback.
-                raise GenesysAuthFailed(entry.rejected.message, tenant=tenant)
-            if entry.failure is not None and now < entry.retry_at:
-                # Backing off: answer at once instead of piling requests onto a failing endpoint.
-                raise _again(entry.failure, tenant, entry.retry_at - now)
+                return tenant, tokens[0]
+        return await self._lookup_slow(tenant_id)
+
+    async def get(self, tenant_id: str) -> Token:
+        """A valid token for `tenant_id` (the local token endpoint's call)."""
+        return (await self.lookup(tenant_id))[1]
+
+    async def _lookup_slow(self, tenant_id: str) -> tuple[Tenant, Token]:
+        known = self._table.get(tenant_id)
+        trouble = known.trouble if known is not None else None
+        if (
+            known is not None
+            and trouble is not None
+            and isinstance(trouble.failure, VaultUnavailable)
+        ):
+            # Its record could not be read back lately: do not ask Vault again before the
+            # backoff ends. (Other failures wait below, after the record's own check: a record
+            # fixed in Vault must be picked up even while its old client's rejection lasts.)
+            self._check_backoff(known, self._clock())
+        # The record may be old (re-read in the background meanwhile) or missing (read now).
+        try:
+            tenant = await self._credentials.get(tenant_id)
+        except VaultUnavailable as exc:
+            # A known tenant whose record could not be read back: back off like a failed fetch.
+            if known is not None and self._table.holds(known):
+                self._fetch_failed(known, exc)
+            raise
+        now = self._clock()
+        token = tenant.token
+        if token is not None and now < token.usable_until:
+            if now >= tenant.token_fresh_until:
+                self._refresh_in_background(tenant, now)
+            if self._observer is not None:
+                self._observer.cache_lookup(hit=True)
+            return tenant, token
+        self._check_backoff(tenant, now)
+        if self._observer is not None:
+            self._observer.cache_lookup(hit=False)
+        return tenant, await self._flights.do(tenant, functools.partial(self._fetch, tenant))
+
+    def _check_backoff(self, tenant: Tenant, now: float) -> None:
+        """Raise the tenant's remembered failure while it has no usable token and backs off."""
+        trouble = tenant.trouble
+        if trouble is None:
+            return
+        token = tenant.token
+        if token is not None and now < token.usable_until:
+            return
+        if trouble.rejected is not None and now < trouble.rejected_until:
+            # A fresh exception each time: re-raising one instance keeps growing its traceback.
+            raise GenesysAuthFailed(trouble.rejected.message, tenant=tenant.id)
+        if trouble.failure is not None and now < trouble.retry_at:
+            # Backing off: answer at once instead of piling requests onto a failing endpoint.
+            raise _again(trouble.failure, tenant.id, trouble.retry_at - now)
+
+    async def refresh(self, tenant_id: str) -> Token:
+        """Fetch a new token now (admin Refresh), ignoring the cached one and a rejection.
+
+        While the login service has asked the tenant to back off (its Retry-After), the answer
+        is the tenant's backoff error with that Retry-After: an operator's click must not be
+        the request that gets the OAuth client throttled harder.
+        """
+        tenant = await self._credentials.get(tenant_id)
+        trouble = tenant.trouble
+        now = self._clock()
+        if (
+            trouble is not None
+            and isinstance(trouble.failure, TokenUnavailable)
+            and trouble.failure.requested_retry_after is not None
+            and now < trouble.retry_at
+        ):
+            raise _again(trouble.failure, tenant_id, trouble.retry_at - now)
+        return await self._flights.do(tenant, functools.partial(self._fetch, tenant))
+
+    # -- the token pool (genesys.rate_limit.tokens_per_tenant) -----------------------------------
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
+
+    def pool(self, tenant: Tenant) -> tuple[Token, ...]:
+        """The tenant's tokens that may be injected now, at most `pool_size` of them.
+
+        The first is refreshed ahead by `lookup`; a pool token past `refresh_at` of its life is
+        replaced in the background here, one at a time, and stays in use meanwhile.
+        """
+        tokens = tenant.tokens
+        now = self._clock()
+        if len(tokens) == 1:
+            return tokens if now < tokens[0].usable_until else ()
+        usable = tuple(t for t in tokens[: self._pool_size] if now < t.usable_until)
+        for token in usable[1:]:
+            if now >= token.refresh_due(self._refresh_at):
+                self._pool_fetch_in_background(tenant, token)
+                break
+        return usable
+
+    async def grow(self, tenant: Tenant) -> Token | None:
+        """Fetch one more token into the tenant's pool (the rate limiter's call); None: no room,
+        or the tenant is backing off its token endpoint."""
+        if len(self.pool(tenant)) >= self._pool_size or self._backing_off(tenant):
+            return None
+        return await self._pool_flights.do(tenant, functools.partial(self._fetch_extra, tenant))
+
+    def _pool_fetch_in_background(self, tenant: Tenant, old: Token) -> None:
+        if self._closed or self._pool_flights.in_flight(tenant) or self._backing_off(tenant):
+            return
+        task = asyncio.create_task(
+            self._pool_refresh(tenant, old), name=f"token-pool-refresh:{tenant.id}"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _pool_refresh(self, tenant: Tenant, old: Token) -> None:
+        # `_fetch_extra` has recorded and logged any failure; `old` serves until it expires.
+        with contextlib.suppress(Exception):
+            await self._pool_flights.do(tenant, functools.partial(self._fetch_extra, tenant, old))
+
+    def _backing_off(self, tenant: Tenant) -> bool:
+        trouble = tenant.trouble
+        now = self._clock()
+        return trouble is not None and (
+            (trouble.rejected is not None and now < trouble.rejected_until)
+            or now < trouble.retry_at
+        )
+
+    async def _fetch_extra(self, tenant: Tenant, old: Token | None = None) -> Token | None:
+        """One token for the pool: in place of `old` (its refresh), or added to it."""
+        generation = tenant.generation
+        record = tenant.record
+        if record is None:
+            return None
+        tenant.fetches += 1
+        self.fetches += 1
+        try:
+            token = await self._fetcher.fetch(record)
+        except Exception as exc:
+            if self._observer is not None:
+                rejected = isinstance(exc, GenesysAuthFailed)
+                self._observer.token_fetch(tenant, "rejected" if rejected else "error")
+            self._fetch_failed(tenant, exc)
+            raise
+        if self._observer is not None:
+            self._observer.token_fetch(tenant, "success")
+        if not self._table.holds(tenant) or tenant.generation != generation:
+            return token  # evicted or its record changed meanwhile: not pooled
+        now = self._clock()
+        kept = tuple(t for t in tenant.tokens if t is not old and now < t.usable_until)
+        if not kept:
+            fresh_until = min(token.refresh_due(self._refresh_at), token.usable_until)
+            tenant.set_tokens((token,), fresh_until)
+        elif len(kept) < self._pool_size:
+            # The first token, and with it the hot path's `fresh_until`, stays as it was.
+            tenant.set_tokens((*kept, token), tenant.token_fresh_until)
+        log.info(
+            "token %s the pool of tenant %s (%d of at most %d)",
+            "refreshed in" if old is not None else "added to",
+            tenant.id,
+            len(tenant.tokens),
+            self._pool_size,
+            extra={"tenant": tenant.id, "outcome": "success"},
+        )
+        return token
+
+    def _drop_from_pool(self, tenant: Tenant, refused: Token) -> bool:
+        """Drop a refused token that is not the first of the tenant's tokens."""
+        tokens = tenant.tokens
+        if refused not in tokens[1:]:
+            return False
+        tenant.set_tokens(tuple(t for t in tokens if t is not refused), tenant.token_fresh_until)
+        log.info(
+            "upstream refused a pool token of tenant %s; dropped it",
+            tenant.id,
+            extra={"tenant": tenant.id},
+        )
+        return True
+
+    # -- upstream 401s (the forwarder's calls) ----------------------------------------------------
+
+    async def replacement(self, tenant: Tenant, refused: Token) -> Token | None:
+        """The token to replay a request with after Genesys answered `refused` with 401.
+
+        None means "pass the 401 to the app": a fresh token was refused recently, so it is the
+        endpoint that refuses, and refetching would only burn tokens (the 401 storm rule).
+        """
+        now = self._clock()
+        refusal = tenant.refusal
+        if refusal is not None and now < refusal.refetch_after:
+            return None
+        self._drop_from_pool(tenant, refused)
+        current = tenant.token
+        if current is not None and current is not refused and now < current.usable_until:
+            return current  # another request has replaced it already: one refetch per storm
+        if current is refused:
+            # Not `drop_tokens`: a fetch under way (a refresh) is for the same client; keep it.
+            tenant.set_tokens((), -math.inf)
+            log.info(
+                "upstream refused the token of tenant %s", tenant.id, extra={"tenant": tenant.id}
+            )
         if self._observer is not None:
             self._observer.cache_lookup(hit=False)
         return await self._flights.do(tenant, functools.partial(self._fetch, tenant))
 
-    async def refresh(self, tenant: str) -> Token:
-        """Fetch a new token now, ignoring the cached one and a remembered rejection."""
-        return await self._flights.do(tenant, functools.partial(self._fetch, tenant))
+    def refused_again(self, tenant: Tenant, fresh: Token) -> None:
+        """The replay with `fresh` got 401 too: keep the token, back the next refetch off."""
+        refusal = tenant.refusal
+        if refusal is None:
+            refusal = tenant.refusal = RefusalBackoff()
+        if refusal.counted is fresh:
+            return  # the other replays of the same storm
+        refusal.counted = fresh
+        refusal.refusals += 1
+        delay = min(
+            REFUSAL_BACKOFF_CAP, REFUSAL_BACKOFF_BASE * 2.0 ** min(refusal.refusals - 1, 32)
+        )
+        refusal.refetch_after = self._clock() + delay
+        log.warning(
+            "a fresh token of tenant %s was refused too (401): the endpoint refuses, not the "
+            "token; no 401-driven refetch for %.0fs",
+            tenant.id,
+            delay,
+            extra={"tenant": tenant.id},
+        )
 
-    def invalidate(self, tenant: str, token: Token | None = None) -> bool:
-        """Drop the cached token; with `token`, only if it is still the cached one."""
-        entry = self._entries.get(tenant)
-        if entry is None or entry.token is None:
+    def accepted(self, tenant: Tenant) -> None:
+        """A replay with a fresh token was not refused: the refusal backoff starts over."""
+        tenant.refusal = None
+
+    def discard(self, tenant: Tenant, refused: Token) -> bool:
+        """Drop `refused` if it is still the tenant's token and no refusal backoff holds."""
+        refusal = tenant.refusal
+        if refusal is not None and self._clock() < refusal.refetch_after:
             return False
-        if token is not None and entry.token is not token:
+        if self._drop_from_pool(tenant, refused):
+            return True
+        if tenant.token is not refused:
             return False
-        entry.token = None
-        entry.fresh_until = -math.inf
-        log.info("cached token of tenant %s dropped", tenant, extra={"tenant": tenant})
+        tenant.set_tokens((), -math.inf)
         return True
 
-    def evict(self, tenant: str) -> None:
-        """Forget everything about `tenant`: token, rejection, counters."""
-        # A fetch already under way finishes for its waiters but is not cached (see `_fetch`).
-        self._evictions += 1
-        self._entries.pop(tenant, None)
+    # -- admin and tests --------------------------------------------------------------------------
 
-    def state(self, tenant: str) -> TenantTokenState | None:
-        """The admin view of one tenant, or None if the manager knows nothing about it."""
-        entry = self._entries.get(tenant)
-        return None if entry is None else self._describe(tenant, entry, self._clock())
+    def invalidate(self, tenant_id: str, token: Token | None = None) -> bool:
+        """Drop the cached token; with `token`, only if it is still the cached one."""
+        tenant = self._table.peek(tenant_id)
+        if tenant is None or tenant.token is None:
+            return False
+        if token is not None and tenant.token is not token:
+            return False
+        tenant.set_tokens((), -math.inf)
+        log.info("cached token of tenant %s dropped", tenant_id, extra={"tenant": tenant_id})
+        return True
+
+    def evict(self, tenant_id: str) -> bool:
+        """Forget everything about `tenant_id` (the table's one eviction path)."""
+        # A fetch already under way finishes for its waiters but is not cached (see `_fetch`).
+        return self._table.evict(tenant_id)
+
+    def describe(self, tenant: Tenant, now: float | None = None) -> TenantTokenState:
+        """The admin view of one tenant's token; never the token itself."""
+        now = self._clock() if now is None else now
+        token = tenant.token
+        usable = token is not None and now < token.usable_until
+        trouble = tenant.trouble
+        state: TokenStateName
+        if self._flights.in_flight(tenant):
+            state = "refreshing"
+        elif trouble is not None and trouble.failing:
+            state = "failing"
+        else:
+            state = "valid" if usable else "expired"
+        return TenantTokenState(
+            tenant=tenant.id,
+            state=state,
+            domain=token.domain if token is not None else None,
+            seconds_left=token.seconds_left(now) if token is not None else 0.0,
+            last_refresh=tenant.last_refresh,
+            last_error_code=trouble.last_error_code if trouble is not None else None,
+            last_error_message=trouble.last_error_message if trouble is not None else None,
+            fetches=tenant.fetches,
+            expires_at=token.obtained_wall + token.lifetime if token is not None else None,
+        )
+
+    def state(self, tenant_id: str) -> TenantTokenState | None:
+        """The admin view of one tenant, or None if it never had a token fetched or tried."""
+        tenant = self._table.peek(tenant_id)
+        if tenant is None or (tenant.fetches == 0 and not self._flights.in_flight(tenant)):
+            return None
+        return self.describe(tenant)
 
     def snapshot(self) -> list[TenantTokenState]:
-        """The admin view of every known tenant, sorted by tenant id."""
+        """The admin view of every tenant that had a token fetched or tried, sorted by id."""
         now = self._clock()
-        return [self._describe(t, e, now) for t, e in sorted(self._entries.items())]
+        return [
+            self.describe(tenant, now)
+            for tenant in self._table.tenants()
+            if tenant.fetches or self._flights.in_flight(tenant)
+        ]
 
     async def close(self) -> None:
         """Cancel background refreshes and fetches under way, and wait for them to end."""
@@ -402,153 +471,145 @@ class TokenManager:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._flights.close()
+        await self._pool_flights.close()
 
-    def _refresh_in_background(self, tenant: str, entry: _TenantEntry, now: float) -> None:
+    # -- internals --------------------------------------------------------------------------------
+
+    def _refresh_in_background(self, tenant: Tenant, now: float) -> None:
         if self._closed or self._flights.in_flight(tenant):
             return
-        if (entry.rejected is not None and now < entry.rejected_until) or now < entry.retry_at:
+        trouble = tenant.trouble
+        if trouble is not None and (
+            (trouble.rejected is not None and now < trouble.rejected_until)
+            or now < trouble.retry_at
+        ):
             return
-        task = asyncio.create_task(self._background_refresh(tenant), name=f"token-refresh:{tenant}")
+        task = asyncio.create_task(
+            self._background_refresh(tenant), name=f"token-refresh:{tenant.id}"
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _background_refresh(self, tenant: str) -> None:
+    async def _background_refresh(self, tenant: Tenant) -> None:
         # `_fetch` has recorded and logged any failure; the current token stays in use meanwhile.
         with contextlib.suppress(Exception):
             await self._flights.do(tenant, functools.partial(self._fetch, tenant))
 
-    def _refresh_retry_delay(self, tenant: str, exc: Exception, failures: int) -> float:
+    def _retry_delay(self, exc: Exception, failures: int) -> float:
         """Seconds before the next fetch after `failures` consecutive failed ones."""
-        # Full jitter spreads tenants that failed together (a login outage) over the window, so
-        # they do not come back in lockstep; the floor keeps a tenant from retrying at once.
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(failures - 1, 32))
-        delay = max(self._backoff_base, self._jitter() * ceiling)
+        delay = backoff_delay(
+            failures, self._jitter, base=self._backoff_base, cap=self._backoff_cap
+        )
         asked = exc.requested_retry_after if isinstance(exc, TokenUnavailable) else None
         if asked is not None:
             delay = max(delay, min(asked, RETRY_AFTER_CAP))
         return delay
 
-    async def _fetch(self, tenant: str) -> Token:
-        """One credential lookup and one token request; runs inside the single-flight task."""
-        evictions = self._evictions
-        entry = self._entries.get(tenant)
-        try:
-            credentials = await self._credentials.get(tenant)
-        except Exception as exc:
-            if entry is not None:
-                self._fetch_failed(tenant, entry, exc)
-            raise
-        entry = self._entry_for(tenant)
-        entry.fetches += 1
+    async def _fetch(self, tenant: Tenant) -> Token:
+        """One token request for the tenant's current record; runs inside the single-flight task."""
+        generation = tenant.generation
+        record = tenant.record
+        if record is None:
+            # The record was dropped (removed, denied) since the caller looked: ask again, so the
+            # caller gets the reason.
+            record = (await self._credentials.get(tenant.id)).record
+            if record is None:  # pragma: no cover - get() raises instead
+                raise VaultUnavailable(f"no credential record for tenant {tenant.id!r}")
+        tenant.fetches += 1
         self.fetches += 1
         try:
-            token = await self._fetcher.fetch(credentials)
+            token = await self._fetcher.fetch(record)
         except Exception as exc:
             if self._observer is not None:
                 rejected = isinstance(exc, GenesysAuthFailed)
                 self._observer.token_fetch(tenant, "rejected" if rejected else "error")
-            self._fetch_failed(tenant, entry, exc)
+            self._fetch_failed(tenant, exc)
             raise
         if self._observer is not None:
             self._observer.token_fetch(tenant, "success")
-        # After an `evict` the caller still gets the token, but it is not cached.
-        if self._evictions == evictions and self._entries.get(tenant) is entry:
-            entry.token = token
-            entry.fresh_until = min(token.refresh_due(self._refresh_at), token.usable_until)
-        entry.rejected = None
-        entry.rejected_until = -math.inf
-        entry.failing = False
-        entry.failures = 0
-        entry.retry_at = -math.inf
-        entry.failure = None
-        entry.last_refresh = token.obtained_wall
+        # Evicted meanwhile, or its record changed: the caller still gets the token, but it is
+        # not cached (the next request fetches from the tenant's current client).
+        if self._table.holds(tenant) and tenant.generation == generation:
+            # The first token is replaced; the rest of the pool stays while it is usable.
+            now = self._clock()
+            rest = tuple(t for t in tenant.tokens[1:] if now < t.usable_until)
+            tenant.set_tokens(
+                (token, *rest), min(token.refresh_due(self._refresh_at), token.usable_until)
+            )
+        trouble = tenant.trouble
+        if trouble is not None:
+            trouble.rejected = None
+            trouble.rejected_until = -math.inf
+            trouble.failing = False
+            trouble.failures = 0
+            trouble.retry_at = -math.inf
+            trouble.failure = None
+        tenant.last_refresh = token.obtained_wall
         log.info(
             "token fetched for tenant %s (region %s, lifetime %.0fs)",
-            tenant,
+            tenant.id,
             token.domain,
             token.lifetime,
-            extra={"tenant": tenant, "outcome": "success"},
+            extra={"tenant": tenant.id, "outcome": "success"},
         )
         return token
 
-    def _fetch_failed(self, tenant: str, entry: _TenantEntry, exc: Exception) -> None:
-        """Record a failed lookup or fetch, and hold off the next background refresh."""
+    def _fetch_failed(self, tenant: Tenant, exc: Exception) -> None:
+        """Record a failed fetch, and hold off the next background refresh."""
         now = self._clock()
-        entry.failing = True
+        trouble = tenant.trouble
+        if trouble is None:
+            trouble = tenant.trouble = FetchTrouble()
+        trouble.failing = True
         if isinstance(exc, ProxyError):
-            entry.last_error_code, entry.last_error_message = exc.code, exc.message
+            trouble.last_error_code, trouble.last_error_message = exc.code, exc.message
         else:
             # Not a proxy error, so its text is unvetted: keep only the type name.
-            entry.last_error_code = "internal_error"
-            entry.last_error_message = f"Unexpected {type(exc).__name__} while fetching a token."
+            trouble.last_error_code = "internal_error"
+            trouble.last_error_message = f"Unexpected {type(exc).__name__} while fetching a token."
         outcome = "error"
         delay: float | None = None
         if isinstance(exc, GenesysAuthFailed):
-            entry.rejected = exc
-            entry.rejected_until = now + self._rejected_ttl
+            trouble.rejected = exc
+            trouble.rejected_until = now + self._rejected_ttl
             outcome = "rejected"
         elif _transient(exc):
             # Set here, as the fetch fails, so no request slips in to start another one at once.
-            entry.failures += 1
-            delay = self._refresh_retry_delay(tenant, exc, entry.failures)
-            entry.retry_at = now + delay
-            entry.failure = exc if isinstance(exc, ProxyError) else None
+            trouble.failures += 1
+            delay = self._retry_delay(exc, trouble.failures)
+            trouble.retry_at = now + delay
+            trouble.failure = exc if isinstance(exc, ProxyError) else None
             if isinstance(exc, TokenUnavailable | VaultUnavailable):
                 exc.retry_after = delay  # the callers of this fetch learn when to come back
         unexpected = not isinstance(exc, ProxyError)
-        extra = {"tenant": tenant, "outcome": outcome}
+        extra = {"tenant": tenant.id, "outcome": outcome}
         retry = f"; next attempt in {delay:.1f}s" if delay is not None else ""
-        token = entry.token
+        token = tenant.token
         if token is None or now >= token.usable_until:
             log.warning(
                 "token fetch for tenant %s failed%s: %s",
-                tenant,
+                tenant.id,
                 retry,
-                entry.last_error_message,
+                trouble.last_error_message,
                 extra=extra,
                 exc_info=unexpected,
             )
             return
-        entry.fresh_until = min(now + (delay or BACKOFF_BASE), token.usable_until)
+        tenant.set_token_fresh_until(min(now + (delay or BACKOFF_BASE), token.usable_until))
         log.warning(
             "token fetch for tenant %s failed, keeping the current token (%.0fs left)%s: %s",
-            tenant,
+            tenant.id,
             token.seconds_left(now),
             retry,
-            entry.last_error_message,
+            trouble.last_error_message,
             extra=extra,
             exc_info=unexpected,
         )
 
-    def _entry_for(self, tenant: str) -> _TenantEntry:
-        entry = self._entries.get(tenant)
-        if entry is None:
-            entry = self._entries[tenant] = _TenantEntry()
-            if len(self._entries) > self._max_tenants:
-                self._entries.popitem(last=False)
-        return entry
 
-    def _describe(self, tenant: str, entry: _TenantEntry, now: float) -> TenantTokenState:
-        token = entry.token
-        usable = token is not None and now < token.usable_until
-        state: TokenStateName
-        if self._flights.in_flight(tenant):
-            state = "refreshing"
-        elif entry.failing:
-            state = "failing"
-        else:
-            state = "valid" if usable else "expired"
-        return TenantTokenState(
-            tenant=tenant,
-            state=state,
-            domain=token.domain if token is not None else None,
-            seconds_left=token.seconds_left(now) if token is not None else 0.0,
-            last_refresh=entry.last_refresh,
-            last_error_code=entry.last_error_code,
-            last_error_message=entry.last_error_message,
-            fetches=entry.fetches,
-            expires_at=token.obtained_wall + token.lifetime if token is not None else None,
-        )
+def _check_refresh_at(refresh_at: float) -> None:
+    if not 0.0 < refresh_at <= 1.0:
+        raise ValueError(f"refresh_at must be in (0, 1], not {refresh_at}")
 
 
 def _transient(exc: Exception) -> bool:

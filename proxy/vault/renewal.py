@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
+from proxy.backoff import backoff_delay
 from proxy.errors import VaultUnavailable
 from proxy.vault.session import TokenInfo, VaultSession
 
@@ -62,16 +63,6 @@ def plan_next(info: TokenInfo | None, *, authenticated: bool, can_log_in: bool, 
     return Step("login", expires_at)
 
 
-def backoff_delay(failures: int, rng: random.Random, *, base: float, cap: float) -> float:
-    """Seconds to wait after `failures` failures in a row: exponential, capped, jittered.
-
-    Half the delay is fixed and half random ("equal jitter"), so many proxies that lost Vault at
-    once do not come back at the same instant, yet none retries much sooner than planned.
-    """
-    ceiling: float = min(cap, base * 2.0 ** max(0, failures - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
 class VaultRenewer:
     """Runs the loop in the module docstring for one session until cancelled."""
 
@@ -107,7 +98,7 @@ class VaultRenewer:
             if self.failures_in_a_row:
                 backoff = backoff_delay(
                     self.failures_in_a_row,
-                    self._rng,
+                    self._rng.random,
                     base=self._backoff_base,
                     cap=self._backoff_cap,
                 )
