@@ -259,3 +259,97 @@ async def test_a_held_client_that_hangs_up_costs_nothing(harness: ProxyHarness) 
     assert budget is not None
     assert budget.waiting == 0
     assert budget.in_flight == 0
+
+
+async def test_a_pool_of_three_serves_three_budgets_worth_without_waiting_for_a_window(
+    harness: ProxyHarness,
+) -> None:
+    acme = harness.add_tenant("acme")
+    # A window far longer than max_wait: any request that needed a reset would be refused.
+    harness.sim.set_rate_limit(10, window_seconds=60)
+    await harness.start(rate_limit(max_wait=5, tokens_per_tenant=3))
+
+    statuses = await burst(harness, acme, 30)
+
+    assert statuses == {200: 30}
+    assert harness.sim.tokens_issued(acme.client_id) == 3
+    assert harness.sim.rate_limited(acme.client_id) == 0
+    per_token = Counter(s.header("Authorization") for s in harness.sim.requests)
+    assert sorted(per_token.values()) == [10, 10, 10]
+    metrics = await scrape(harness)
+    assert metrics.value("genesys_proxy_ratelimit_rejected_total", tenant=acme.id) is None
+    assert metrics.value("genesys_proxy_ratelimit_remaining", tenant=acme.id) == 0
+    assert (await get(harness, acme)).status == 429  # and a fourth budget's worth is refused
+
+
+async def test_one_token_serves_only_one_budget_where_a_pool_would_serve_three(
+    harness: ProxyHarness,
+) -> None:
+    acme = harness.add_tenant("acme")
+    harness.sim.set_rate_limit(10, window_seconds=60)
+    await harness.start(rate_limit(max_wait=5))
+
+    statuses = await burst(harness, acme, 30)
+
+    assert statuses == {200: 10, 429: 20}
+    assert harness.sim.rate_limited(acme.client_id) == 0  # refused by the proxy, not Genesys
+    assert harness.sim.tokens_issued(acme.client_id) == 1
+
+
+async def test_the_pool_grows_only_once_every_token_used_80_percent(
+    harness: ProxyHarness,
+) -> None:
+    acme = harness.add_tenant("acme")
+    harness.sim.set_rate_limit(10, window_seconds=60)
+    await harness.start(rate_limit(tokens_per_tenant=3))
+
+    for _ in range(7):
+        assert (await get(harness, acme)).status == 200
+    before = harness.sim.tokens_issued(acme.client_id)
+    assert (await get(harness, acme)).status == 200  # the 8th of 10: 80 %
+    await until(lambda: harness.sim.tokens_issued(acme.client_id) == 2)
+
+    assert before == 1
+
+
+async def test_auth_token_hands_out_the_pool_token_with_the_most_budget(
+    harness: ProxyHarness,
+) -> None:
+    acme = harness.add_tenant("acme")
+    harness.sim.set_rate_limit(10, window_seconds=60)
+    await harness.start(rate_limit(tokens_per_tenant=2))
+    for _ in range(9):
+        assert (await get(harness, acme)).status == 200
+    await until(lambda: harness.sim.tokens_issued(acme.client_id) == 2)
+    used = Counter(s.header("Authorization") for s in harness.sim.requests)
+
+    answer = await harness.client.get("/auth/token", headers={"X-Tenant-ID": acme.id})
+
+    token = (await answer.json())["access_token"]
+    least_used = min(used, key=lambda header: used[header])
+    # The second token has had at most a couple of requests; the first nearly ten.
+    assert f"Bearer {token}" == least_used or used[f"Bearer {token}"] == 0
+    assert max(used.values()) >= 8
+
+
+async def test_a_revoked_pool_token_is_dropped_and_the_request_replayed(
+    harness: ProxyHarness,
+) -> None:
+    acme = harness.add_tenant("acme")
+    harness.sim.set_rate_limit(10, window_seconds=60)
+    await harness.start(rate_limit(tokens_per_tenant=2))
+    assert (await burst(harness, acme, 12)) == {200: 12}  # two tokens now
+    entry = harness.table.peek(acme.id)
+    assert entry is not None
+    assert len(entry.tokens) == 2
+    pooled = entry.tokens[1]
+    async with aiohttp.ClientSession() as direct:
+        url = harness.sim.api_url_template.format(domain=acme.domain) + "/api/v2/tokens/me"
+        headers = {"Authorization": f"Bearer {pooled.value}"}
+        async with direct.delete(url, headers=headers) as answer:
+            assert answer.status in (200, 204)
+
+    statuses = await burst(harness, acme, 6)
+
+    assert statuses == {200: 6}
+    assert pooled not in entry.tokens
