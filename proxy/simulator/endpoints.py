@@ -7,7 +7,11 @@ Everything under `/api/v2/sim/` exists only in the simulator, so tests can see w
 - `GET /api/v2/sim/blob?bytes=N[&gzip=1]`: N deterministic bytes (`blob_content(N)`), streamed in
   64 KiB chunks with a Content-Length; with `gzip=1` precompressed, with `Content-Encoding: gzip`.
 - `<any method> /api/v2/sim/slow?seconds=S`: answers after S seconds.
-- `<any method> /api/v2/sim/status/{code}`: answers that status with an error body.
+- `<any method> /api/v2/sim/status/{code}`: answers that status with an error body
+  (`status/401` is an endpoint that refuses every token, for the proxy's 401-storm rule).
+
+Genesys' own endpoints beyond the directory: `DELETE /api/v2/tokens/me` revokes the token that
+calls it (204); any later request with it gets 401 `bad.credentials`.
 """
 
 import asyncio
@@ -95,6 +99,10 @@ async def _route(call: ApiCall, client: SimClient) -> web.StreamResponse:
         return _not_found(call)
     query = call.request.query
     match (call.request.method, *call.path.removeprefix("/api/v2/").split("/")):
+        case ("DELETE", "tokens", "me"):
+            assert call.token is not None  # authenticated before routing
+            call.token.revoked = True
+            return web.Response(status=204, headers=call.response_headers)
         case ("GET", "organizations", "me"):
             return call.json(directory.organization(client))
         case ("GET", "users"):

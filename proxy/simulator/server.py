@@ -287,6 +287,20 @@ class GenesysSimulator:
     def api_401s(self) -> int:
         return self._api_401s
 
+    def token_revoked(self, access_token: str) -> bool:
+        """Whether `access_token` was revoked (DELETE /api/v2/tokens/me, or its client's)."""
+        token = self._tokens.get(access_token)
+        return token is not None and token.revoked
+
+    def live_tokens(self, client_id: str) -> list[str]:
+        """The client's issued tokens that are neither revoked nor expired."""
+        now = self._clock()
+        return [
+            value
+            for value, token in self._tokens.items()
+            if token.client_id == client_id and not token.revoked and now < token.expires_at
+        ]
+
     def expired_tokens_seen(self) -> int:
         """API requests that carried a token past its expiry: a proxy must never send one."""
         return self._expired_tokens_seen

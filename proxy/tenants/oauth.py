@@ -171,6 +171,11 @@ class GenesysTokenFetcher:
         self._revocations.add(task)
         task.add_done_callback(self._revocations.discard)
 
+    async def settled(self) -> None:
+        """Wait until the revocations started so far have ended (for tests)."""
+        while self._revocations:
+            await asyncio.gather(*list(self._revocations), return_exceptions=True)
+
     async def close(self) -> None:
         """Cancel revocations still under way and wait for them to end."""
         tasks = list(self._revocations)
