@@ -240,15 +240,21 @@ class Forwarder:
             if not replayable:
                 self.tokens.discard(entry, token)
             else:
+                # A refused first token means a refetch, and the replay must go out on the
+                # fresh token (the storm rule judges it); a refused pool token is only dropped,
+                # and the replay goes to the rest of the pool.
+                pinned = entry.token is token
                 fresh = await self.tokens.replacement(entry, token)
                 if fresh is not None:
                     upstream.release()
                     log.info("upstream refused the token; replaying", extra={"tenant": tenant})
                     if self.observer is not None:
                         self.observer.upstream_retried(request, tenant, "unauthorized")
-                    upstream, _ = await self._attempt(request, entry, fresh, body, gone, only=True)
+                    upstream, sent = await self._attempt(
+                        request, entry, fresh, body, gone, only=pinned
+                    )
                     if upstream.status == 401:
-                        self.tokens.refused_again(entry, fresh)
+                        self.tokens.refused_again(entry, sent)
                     else:
                         self.tokens.accepted(entry)
         replays = 0
