@@ -282,6 +282,30 @@ async def test_a_pool_of_three_serves_three_budgets_worth_without_waiting_for_a_
     assert (await get(harness, acme)).status == 429  # and a fourth budget's worth is refused
 
 
+async def test_the_admin_page_and_its_json_show_each_tenants_pool_and_budgets(
+    harness: ProxyHarness,
+) -> None:
+    acme = harness.add_tenant("acme")
+    harness.sim.set_rate_limit(10, window_seconds=60)
+    await harness.start(rate_limit(tokens_per_tenant=2))
+    assert (await burst(harness, acme, 15)) == {200: 15}
+
+    answer = await harness.admin.get("/admin/api/tenants")
+    page = await (await harness.admin.get("/admin")).text()
+
+    text = await answer.text()
+    row = next(r for r in (await answer.json())["tenants"] if r["tenant"] == acme.id)
+    assert row["ratelimit_remaining"] == 5
+    assert row["ratelimit_waiting"] == 0
+    assert [token["allowed"] for token in row["pool"]] == [10, 10]
+    assert sorted(token["remaining"] for token in row["pool"]) == [0, 5]
+    assert all(0 < token["resets_in"] <= 60 for token in row["pool"])
+    assert "token 2: " in page
+    for issued in harness.sim.issued_tokens():
+        assert issued not in text
+        assert issued not in page
+
+
 async def test_one_token_serves_only_one_budget_where_a_pool_would_serve_three(
     harness: ProxyHarness,
 ) -> None:
