@@ -97,7 +97,14 @@ class TenantRow:
     pool: tuple[PoolToken, ...] = ()
 
 
-__all__ = ["PoolToken", "TenantRow", "create_admin_app", "mask_client_id", "mask_secret", "tenant_rows"]
+__all__ = [
+    "PoolToken",
+    "TenantRow",
+    "create_admin_app",
+    "mask_client_id",
+    "mask_secret",
+    "tenant_rows",
+]
 
 
 def tenant_row(tenant: Tenant, tokens: TokenManager, now: float) -> TenantRow:
