@@ -1,4 +1,4 @@
-"""`python -m bench [sidecar|token-path|profile|instructions|compare] ...`: bench/run runs it."""
+"""`python -m bench COMMAND ...`: run a benchmark (bench/run is the one command)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import compare, instructions, profile, sidecar, token_path
+from bench import compare, instructions, profile, ratelimit, sidecar, token_path
 from bench.procs import BenchError
 
-COMMANDS = ("sidecar", "token-path", "profile", "instructions", "compare")
+COMMANDS = ("sidecar", "token-path", "profile", "instructions", "compare", "ratelimit")
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
@@ -107,6 +107,24 @@ def _parser() -> argparse.ArgumentParser:
     versus.add_argument(
         "--connections", type=_positive(int), default=32, help="wrk connections (32)"
     )
+    rate = commands.add_parser(
+        "ratelimit",
+        parents=[common],
+        help="a burst of 3x a token's budget: pass-through vs absorbed vs a pool of tokens",
+    )
+    rate.add_argument(
+        "--budget", type=_positive(int), default=50, help="requests per token per window (50)"
+    )
+    rate.add_argument(
+        "--window",
+        type=_positive(float),
+        action="append",
+        help="seconds of a rate window; repeatable (default: 5, then 2)",
+    )
+    rate.add_argument("--factor", type=_positive(int), default=3, help="the burst, in budgets (3)")
+    rate.add_argument(
+        "--runs", type=_positive(int), default=3, help="runs; medians are reported (3)"
+    )
     return parser
 
 
@@ -135,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "instructions":
             count_settings = instructions.Settings(args.requests)
             return instructions.run(count_settings, install=not args.no_install, workdir=workdir)
+        if args.command == "ratelimit":
+            rate_settings = ratelimit.Settings(
+                args.budget, tuple(args.window or (5.0, 2.0)), args.factor, args.runs
+            )
+            return ratelimit.run(rate_settings, workdir=workdir)
         if args.command == "profile":
             profile_settings = profile.Settings(
                 args.duration, args.connections, args.rate, args.top

@@ -279,14 +279,16 @@ class Simulator:
 
 
 @contextmanager
-def simulator(work: Path, clients: Sequence[Mapping[str, str]]) -> Iterator[Simulator]:
+def simulator(
+    work: Path, clients: Sequence[Mapping[str, str]], extra_args: Sequence[str] = ()
+) -> Iterator[Simulator]:
     """`python -m bench.sim_server` knowing `clients` ({client_id, client_secret, domain})."""
     work.mkdir(parents=True)
     clients_file = work / "clients.json"
     clients_file.write_text(json.dumps(list(clients)), encoding="utf-8")
     port = free_port()
     argv = [sys.executable, "-m", "bench.sim_server", "--port", str(port)]
-    argv += ["--clients", str(clients_file)]
+    argv += ["--clients", str(clients_file), *extra_args]
     with started("simulator", argv, work / "simulator.log", cwd=REPO) as child:
         wait_for_port(child, port)
         yield Simulator(Service(child, port))

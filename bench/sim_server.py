@@ -23,10 +23,19 @@ from proxy.simulator import GenesysSimulator
 TOKEN_REQUESTS_PER_MINUTE = 1_000_000
 
 
-def build_simulator(clients: Sequence[dict[str, str]], token_lifetime: float) -> GenesysSimulator:
-    """A simulator without rate limits that knows `clients` ({client_id, client_secret, domain})."""
+def build_simulator(
+    clients: Sequence[dict[str, str]],
+    token_lifetime: float,
+    *,
+    api_limit: int | None = None,
+    api_window: float = 60.0,
+) -> GenesysSimulator:
+    """A simulator that knows `clients` ({client_id, client_secret, domain}); by default without
+    API rate limits, else `api_limit` requests per token per `api_window` seconds."""
     sim = GenesysSimulator(
-        api_requests_per_minute=None, token_requests_per_minute=TOKEN_REQUESTS_PER_MINUTE
+        api_requests_per_minute=api_limit,
+        token_requests_per_minute=TOKEN_REQUESTS_PER_MINUTE,
+        rate_window_seconds=api_window,
     )
     for client in clients:
         sim.add_client(
@@ -43,6 +52,7 @@ def build_simulator(clients: Sequence[dict[str, str]], token_lifetime: float) ->
                 "tokens_issued": sim.tokens_issued(),
                 "api_requests": sim.api_requests(),
                 "api_401s": sim.api_401s(),
+                "rate_limited": sim.rate_limited(),
             }
         )
 
@@ -65,9 +75,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=Path, required=True, help="JSON list of clients")
     parser.add_argument("--token-lifetime", type=float, default=86400)
+    parser.add_argument("--api-limit", type=int, help="API requests per token per window")
+    parser.add_argument("--api-window", type=float, default=60.0, help="seconds of a window")
     args = parser.parse_args(argv)
     clients = json.loads(args.clients.read_text(encoding="utf-8"))
-    asyncio.run(_serve(build_simulator(clients, args.token_lifetime), args.port))
+    sim = build_simulator(
+        clients, args.token_lifetime, api_limit=args.api_limit, api_window=args.api_window
+    )
+    asyncio.run(_serve(sim, args.port))
 
 
 if __name__ == "__main__":

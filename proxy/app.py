@@ -10,9 +10,10 @@ and closed in reverse:
     TOKENS         the token manager, a policy over TABLE (its fetches and refreshes)
     FORWARDER, TOKEN_ENDPOINT   the request handlers, built from the above
 
-TABLE (the tenant table), METRICS, READINESS, ACCESS_LOG and RECONFIGURABLE (what a reload
-reconfigures) are plain state, made with the app. The admin app (`proxy.ops.admin`) reads the
-same keys, so both listeners see one state.
+TABLE (the tenant table), METRICS, READINESS, ACCESS_LOG, RATELIMIT (the rate-limit policy; each
+tenant's budget lives on its table object) and RECONFIGURABLE (what a reload reconfigures) are
+plain state, made with the app. The admin app (`proxy.ops.admin`) reads the same keys, so both
+listeners see one state.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from proxy.ops.health import Readiness
 from proxy.ops.metrics import Metrics
 from proxy.reload import RECONFIGURABLE, Reconfigurable
 from proxy.tenants.credentials import CredentialSource, CredentialStore, create_credential_source
-from proxy.tenants.oauth import GenesysTokenFetcher
+from proxy.tenants.oauth import GenesysTokenFetcher, Token
+from proxy.tenants.ratelimit import RateLimiter, RateLimitSettings
 from proxy.tenants.table import TenantTable
 from proxy.tenants.tokens import TokenManager
 
@@ -54,6 +56,7 @@ METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 TABLE = web.AppKey("tenant_table", TenantTable)
+RATELIMIT = web.AppKey("ratelimit", RateLimiter[Token])
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 SOURCE = web.AppKey("credential_source", CredentialSource)
 OAUTH = web.AppKey("oauth", GenesysTokenFetcher)
@@ -153,6 +156,7 @@ async def _tokens_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CREDENTIALS],
         app[OAUTH],
         refresh_at=config.genesys.refresh_at,
+        pool_size=config.genesys.rate_limit.tokens_per_tenant,
         observer=app[METRICS],
     )
     app[TOKENS] = tokens
@@ -168,13 +172,17 @@ async def _handlers_ctx(app: web.Application) -> AsyncIterator[None]:
     observer = RequestObserver(app[METRICS])
     tenants = TenantResolver(config, observer)
     settings = ForwardSettings.from_config(config)
-    app[FORWARDER] = Forwarder(settings, tenants, tokens, app[HTTP_SESSION], observer)
-    app[TOKEN_ENDPOINT] = TokenEndpoint(tenants, tokens)
+    ratelimit = app[RATELIMIT]
+    app[FORWARDER] = Forwarder(
+        settings, tenants, tokens, app[HTTP_SESSION], observer, ratelimit=ratelimit
+    )
+    app[TOKEN_ENDPOINT] = TokenEndpoint(tenants, tokens, ratelimit)
     app[RECONFIGURABLE].append(tenants)
     try:
         yield
     finally:
         app[READINESS].start_draining()
+        ratelimit.close()
 
 
 # The router freezes before resources open, so routes dispatch through the app's keys.
@@ -231,6 +239,12 @@ def create_app(
     reconfigurable: list[Reconfigurable] = [access]
     app[RECONFIGURABLE] = reconfigurable
     app.cleanup_ctx.append(access_log_ctx(access))  # first: its last lines are written last
+    app[RATELIMIT] = RateLimiter(
+        RateLimitSettings.from_config(config),
+        observer=metrics,
+        budgets=lambda: [tenant.budget for tenant in table if tenant.budget is not None],
+    )
+    reconfigurable.append(app[RATELIMIT])
     app.cleanup_ctx.extend(
         [_http_session_ctx, _source_ctx, _oauth_ctx, _credentials_ctx, _tokens_ctx, _handlers_ctx]
     )

@@ -107,6 +107,15 @@ class VaultConfig:
 
 
 @dataclass(frozen=True)
+class RateLimitConfig:
+    # Seconds a request may be held for a budget window or a 429's Retry-After; 0: never.
+    max_wait: float = 5.0
+    retries: int = 2  # upstream 429s replayed per request
+    tokens_per_tenant: int = 1
+    max_waiting: int = 1000  # requests of one tenant held at once; more get rate_limited
+
+
+@dataclass(frozen=True)
 class GenesysConfig:
     api_url: str = "https://api.{domain}"
     login_url: str = "https://login.{domain}"
@@ -114,6 +123,7 @@ class GenesysConfig:
     refresh_at: float = 0.8
     timeout: float = 30.0
     connect_timeout: float = 5.0
+    rate_limit: RateLimitConfig = RateLimitConfig()
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     creds = root.section("credentials")
     auth = vault_data.section("auth")
     genesys = root.section("genesys")
+    rate_limit = genesys.section("rate_limit")
     log = root.section("log")
     metrics = root.section("metrics")
 
@@ -237,6 +248,16 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             connect_timeout=genesys.number(
                 "connect_timeout", GenesysConfig.connect_timeout, low=0.001
             ),
+            rate_limit=RateLimitConfig(
+                max_wait=rate_limit.number("max_wait", RateLimitConfig.max_wait, low=0, high=300),
+                retries=rate_limit.integer("retries", RateLimitConfig.retries, low=0, high=10),
+                tokens_per_tenant=rate_limit.integer(
+                    "tokens_per_tenant", RateLimitConfig.tokens_per_tenant, low=1, high=20
+                ),
+                max_waiting=rate_limit.integer(
+                    "max_waiting", RateLimitConfig.max_waiting, low=0, high=100_000
+                ),
+            ),
         ),
         log=LogConfig(
             level=log.choice("level", ("debug", "info", "warning", "error"), "info"),
@@ -246,7 +267,19 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         metrics=MetricsConfig(tenant_label=metrics.boolean("tenant_label", True)),
         local_token_endpoint=root.boolean("local_token_endpoint", True),
     )
-    sections = (root, listen, admin, tenant, creds, vault_data, auth, genesys, log, metrics)
+    sections = (
+        root,
+        listen,
+        admin,
+        tenant,
+        creds,
+        vault_data,
+        auth,
+        genesys,
+        rate_limit,
+        log,
+        metrics,
+    )
     everywhere = [section.key(name) for section in sections for name in section.known()]
     for section in sections:
         section.reject_unknown(everywhere)
@@ -403,12 +436,16 @@ class _Section:
         value = self._typed(name, bool, "true or false")
         return default if value is None else value
 
-    def integer(self, name: str, default: int, *, low: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, *, low: int | None = None, high: int | None = None
+    ) -> int:
         value = self._typed(name, int, "an integer")
         if value is None:
             return default
         if low is not None and value < low:
             raise ConfigError(self.key(name), f"must be at least {low}, not {value}")
+        if high is not None and value > high:
+            raise ConfigError(self.key(name), f"must be at most {high}, not {value}")
         return value
 
     def number(self, name: str, default: float, *, low: float, high: float | None = None) -> float:

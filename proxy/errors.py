@@ -19,6 +19,7 @@
         ├── TokenUnavailable             503 token_unavailable   (Retry-After)
         ├── UpstreamUnreachable          502 upstream_unreachable
         ├── UpstreamTimeout              504 upstream_timeout
+        ├── RateLimited                  429 rate_limited        (Retry-After; nothing was sent)
         └── InternalError                500 internal_error      (a bug; details only in the log)
 
 Modules that talk to a dependency (hvac, the aiohttp client) translate its exceptions into these
@@ -164,6 +165,14 @@ class UpstreamUnreachable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     code = "upstream_timeout"
+
+
+class RateLimited(ProxyError):
+    """The tenant's tokens have no Genesys budget left within `max_wait`; nothing was sent."""
+
+    status = 429
+    code = "rate_limited"
+    default_retry_after = 1.0
 
 
 class InternalError(ProxyError):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from proxy.ops.metrics import DURATION_BUCKETS, DurationHistograms, Metrics
+from proxy.tenants.ratelimit import RateLimiter
 from tests.conftest import FakeClock, ProxyHarness
 from tests.scrape import scrape
 
@@ -146,15 +148,23 @@ async def test_evicted_tenant_loses_its_expiry_gauge(harness: ProxyHarness) -> N
     assert (await scrape(harness)).value(name, tenant=good.id) is None
 
 
-def test_ratelimit_budget_is_full_again_after_genesys_reset_time(clock: FakeClock) -> None:
+def limited(clock: FakeClock) -> tuple[Metrics, RateLimiter[str], Any]:
+    """Metrics, a limiter reporting into them, and the budget of tenant acme on the table."""
     metrics = Metrics(CollectorRegistry(), clock=clock)
-    metrics.token_fetch(metrics.table.admit("acme"), "success")
+    limiter: RateLimiter[str] = RateLimiter(clock=clock, observer=metrics)
+    tenant = metrics.table.admit("acme")
+    metrics.token_fetch(tenant, "success")
+    return metrics, limiter, limiter.budget_of(tenant)
+
+
+async def test_ratelimit_budget_is_full_again_after_genesys_reset_time(clock: FakeClock) -> None:
+    metrics, _, budget = limited(clock)
     headers = {
         "inin-ratelimit-allowed": "300",
         "inin-ratelimit-count": "280",
         "inin-ratelimit-reset": "42",
     }
-    metrics.upstream_answered("acme", headers, 0.01)
+    (await budget.acquire(lambda: ("token",))).answered(200, headers)
     name = "genesys_proxy_ratelimit_remaining"
     assert metrics.registry.get_sample_value(name, {"tenant": "acme"}) == 20
     clock.advance(41)
@@ -163,17 +173,42 @@ def test_ratelimit_budget_is_full_again_after_genesys_reset_time(clock: FakeCloc
     assert metrics.registry.get_sample_value(name, {"tenant": "acme"}) == 300
 
 
-def test_garbled_ratelimit_headers_leave_the_budget_alone(clock: FakeClock) -> None:
-    metrics = Metrics(CollectorRegistry(), clock=clock)
-    metrics.token_fetch(metrics.table.admit("acme"), "success")
-    good = {"inin-ratelimit-allowed": "300", "inin-ratelimit-count": "1"}
-    metrics.upstream_answered("acme", good, 0.01)
-    for garbled in ({"inin-ratelimit-allowed": "lots", "inin-ratelimit-count": "1"}, {}):
-        metrics.upstream_answered("acme", garbled, 0.01)
+async def test_ratelimit_remaining_sums_the_tenants_tokens(clock: FakeClock) -> None:
+    metrics, _, budget = limited(clock)
+    probes = [await budget.acquire(lambda: ("one", "two")) for _ in range(2)]
+    for probe, count in zip(probes, ("10", "45"), strict=True):
+        probe.answered(200, {"inin-ratelimit-allowed": "50", "inin-ratelimit-count": count})
     value = metrics.registry.get_sample_value(
         "genesys_proxy_ratelimit_remaining", {"tenant": "acme"}
     )
-    assert value == 299
+    assert value == 40 + 5
+
+
+async def test_garbled_ratelimit_headers_leave_the_budget_alone(clock: FakeClock) -> None:
+    metrics, _, budget = limited(clock)
+    good = {"inin-ratelimit-allowed": "300", "inin-ratelimit-count": "1"}
+    (await budget.acquire(lambda: ("token",))).answered(200, good)
+    for garbled in ({"inin-ratelimit-allowed": "lots", "inin-ratelimit-count": "1"}, {}):
+        (await budget.acquire(lambda: ("token",))).answered(200, garbled)
+    value = metrics.registry.get_sample_value(
+        "genesys_proxy_ratelimit_remaining", {"tenant": "acme"}
+    )
+    # Answers without usable headers are counted as spent, never as a new budget.
+    assert value == 297
+
+
+def test_ratelimit_counters_are_exposed_per_tenant_and_reason(clock: FakeClock) -> None:
+    metrics, _, _ = limited(clock)
+    metrics.ratelimit_held("acme", "budget")
+    metrics.ratelimit_held("acme", "retry_after")
+    metrics.ratelimit_rejected("acme")
+    metrics.upstream_429("acme", "retried")
+    metrics.upstream_429("acme", "passed")
+    metrics.upstream_429("acme", "passed")
+    sample = metrics.registry.get_sample_value
+    assert sample("genesys_proxy_ratelimit_held_total", {"tenant": "acme", "reason": "budget"}) == 1
+    assert sample("genesys_proxy_ratelimit_rejected_total", {"tenant": "acme"}) == 1
+    assert sample("genesys_proxy_upstream_429_total", {"tenant": "acme", "outcome": "passed"}) == 2
 
 
 def test_labelled_tenants_are_the_tables_and_leave_with_it() -> None:

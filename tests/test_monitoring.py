@@ -15,9 +15,9 @@ from tests.conftest import FakeClock, ProxyHarness
 from tests.scrape import Scrape, scrape
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
-METRIC = re.compile(r"\bgenesys_proxy_[a-z_]+")
+METRIC = re.compile(r"\bgenesys_proxy_[a-z0-9_]+")
 # `name{label="...", other=~"..."}`: the label names a selector filters on.
-SELECTOR = re.compile(r"\b(genesys_proxy_[a-z_]+)\{([^}]*)\}")
+SELECTOR = re.compile(r"\b(genesys_proxy_[a-z0-9_]+)\{([^}]*)\}")
 MATCHER = re.compile(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)")
 
 
@@ -45,7 +45,8 @@ def alert_rules() -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def exported(harness: ProxyHarness) -> Scrape:
-    """/metrics after traffic that gives every family a sample (a retry, a rejection, a change)."""
+    """/metrics after traffic that gives every family a sample (a retry, a rejection, a change,
+    429s)."""
     good = harness.add_tenant("good")
     bad = harness.add_tenant("bad", vault_secret="fake-wrong-secret-0042")
     clock = FakeClock()
@@ -59,6 +60,13 @@ async def exported(harness: ProxyHarness) -> Scrape:
     clock.advance(301)
     await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": bad.id})
     await harness.credentials.settled()
+    # The rate-limit families: a 429 replayed after its Retry-After (held), a 429 whose reset
+    # is beyond max_wait (passed), then the proxy's own 429 for the used-up window (refused).
+    harness.sim.inject_api_fault(status=429, retry_after=1, client_id=good.client_id)
+    await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": good.id})
+    harness.sim.set_rate_limit(1, window_seconds=60)
+    for _ in range(2):
+        await harness.client.get("/api/v2/users", headers={"X-Tenant-ID": good.id})
     return await scrape(harness)
 
 

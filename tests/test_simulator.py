@@ -299,7 +299,7 @@ async def test_api_rate_limit_answers_429_with_retry_after_until_the_window_rese
     assert limited.status == 429
     assert limited.headers["Retry-After"] == "45"
     body = await limited.json()
-    assert body["code"] == "too.many.requests"
+    assert body["code"] == "too.many.requests.retry.after"
     assert body["status"] == 429
     clock.advance(45)
     again = await http.get(api("organizations/me"), headers=bearer(token))

@@ -4,8 +4,10 @@ A request's path through this module:
 
     error_middleware  -> refuses absolute-form targets and CONNECT, turns ProxyError into JSON
     listener_guard    -> only local, non-browser callers (proxy.http.guard)
-    forward()         -> tenant -> TokenManager.lookup() -> upstream request -> streamed response
+    forward()         -> tenant -> TokenManager.lookup() -> its budget picks a pool token (may
+                         hold, or refuse with 429 rate_limited) -> upstream -> streamed response
                          an upstream 401 drops the token and replays once (buffered bodies only)
+                         an upstream 429 within max_wait is waited out and replayed (buffered)
 
 The local token endpoint (`GET /auth/token`, `POST /oauth/token`) is `proxy.http.token_endpoint`.
 """
@@ -13,6 +15,7 @@ The local token endpoint (`GET /auth/token`, `POST /oauth/token`) is `proxy.http
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +43,8 @@ from proxy.http import wire
 from proxy.http.failures import describe_client_error, url_host
 from proxy.http.wire import upstream_url
 from proxy.tenants.ids import check_tenant_id
+from proxy.tenants.ratelimit import RateLimiter, parse_ratelimit_headers
+from proxy.tenants.table import Tenant
 from proxy.tenants.tokens import Token, TokenManager
 
 log = logging.getLogger("proxy.http.forward")
@@ -231,12 +236,15 @@ class Forwarder:
         tokens: TokenManager,
         session: aiohttp.ClientSession,
         observer: ForwardObserver | None = None,
+        *,
+        ratelimit: RateLimiter[Token] | None = None,
     ) -> None:
         self.settings = settings
         self.tenants = tenants
         self.tokens = tokens
         self.session = session
         self.observer = observer
+        self.ratelimit: RateLimiter[Token] = ratelimit or RateLimiter()
         # Built once: copying HOP_BY_HOP for every request showed up in the profile.
         self._dropped = HOP_BY_HOP | {"host", "authorization", settings.tenant_header.lower()}
         self._api_bases: dict[str, URL] = {}
@@ -244,8 +252,9 @@ class Forwarder:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         tenant = self.tenants(request)
         body, replayable = await self._request_body(request, tenant)
-        entry, token = await self.tokens.lookup(tenant)
-        upstream = await self._attempt(request, tenant, token, body)
+        gone = _client_gone(request)
+        entry, first = await self.tokens.lookup(tenant)
+        upstream, token = await self._attempt(request, entry, first, body, gone)
         if upstream.status == 401:
             # A token the cache still trusted was refused (revoked, or expired early): replace
             # it (one refetch however many requests got the 401) and replay once. If the fresh
@@ -254,33 +263,82 @@ class Forwarder:
             if not replayable:
                 self.tokens.discard(entry, token)
             else:
+                # A refused first token means a refetch, and the replay must go out on the
+                # fresh token (the storm rule judges it); a refused pool token is only dropped,
+                # and the replay goes to the rest of the pool.
+                pinned = entry.token is token
                 fresh = await self.tokens.replacement(entry, token)
                 if fresh is not None:
                     upstream.release()
                     log.info("upstream refused the token; replaying", extra={"tenant": tenant})
                     if self.observer is not None:
                         self.observer.upstream_retried(request, tenant, "unauthorized")
-                    upstream = await self._attempt(request, tenant, fresh, body)
+                    upstream, sent = await self._attempt(
+                        request, entry, fresh, body, gone, only=pinned
+                    )
                     if upstream.status == 401:
-                        self.tokens.refused_again(entry, fresh)
+                        self.tokens.refused_again(entry, sent)
                     else:
                         self.tokens.accepted(entry)
+        replays = 0
+        while upstream.status == 429:
+            # Genesys did not process the request: replaying it is safe for every method.
+            delay = self.ratelimit.replay_delay(upstream.headers, replays) if replayable else None
+            if delay is None:
+                self.ratelimit.upstream_429(tenant, "passed")
+                break
+            self.ratelimit.upstream_429(tenant, "retried")
+            upstream.release()
+            replays += 1
+            log.info(
+                "Genesys answered 429; replaying in %.1f s at most (replay %d)",
+                delay,
+                replays,
+                extra={"tenant": tenant},
+            )
+            if self.observer is not None:
+                self.observer.upstream_retried(request, tenant, "rate_limited")
+            if not _window_used_up(upstream.headers):
+                # A resource's limit, not the token's window: the budget cannot know its reset.
+                await self.ratelimit.hold_for(tenant, delay, gone)
+            entry, first = await self.tokens.lookup(tenant)
+            upstream, token = await self._attempt(request, entry, first, body, gone)
         return await self._relay(request, tenant, upstream)
 
     async def _attempt(
         self,
         request: web.Request,
-        tenant: str,
-        token: Token,
+        entry: Tenant,
+        first: Token,
         body: bytes | AsyncIterator[bytes] | None,
-    ) -> aiohttp.ClientResponse:
-        """One upstream request, timed to its response headers and reported to the observer."""
+        gone: Callable[[], bool],
+        *,
+        only: bool = False,
+    ) -> tuple[aiohttp.ClientResponse, Token]:
+        """One upstream request on the pool token with the most budget (or on `first` alone),
+        timed to its response headers and reported to the budget and the observer."""
+        tokens = self.tokens
+
+        def candidates() -> tuple[Token, ...]:
+            return (first,) if only else (tokens.pool(entry) or (first,))
+
+        grow = None
+        if not only and tokens.pool_size > 1:
+            grow = functools.partial(tokens.grow, entry)
+        budget = self.ratelimit.budget_of(entry)
+        lease = await budget.acquire(candidates, grow=grow, gone=gone)
+        tenant = entry.id
         started = time.perf_counter()
-        upstream = await self._send(request, tenant, token, body)
+        try:
+            upstream = await self._send(request, tenant, lease.token, body)
+        except BaseException:
+            lease.abandon()
+            raise
+        lease.answered(upstream.status, upstream.headers)
         if self.observer is not None:
             seconds = time.perf_counter() - started
             self.observer.upstream_answered(request, tenant, upstream, seconds)
-        return upstream
+        return upstream, lease.token
 
     async def _request_body(
         self, request: web.Request, tenant: str
@@ -431,6 +489,22 @@ class Forwarder:
         return web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
         )
+
+
+def _client_gone(request: web.Request) -> Callable[[], bool]:
+    """Whether the app hung up: aiohttp does not cancel the handler, so a held request asks."""
+
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    return gone
+
+
+def _window_used_up(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether a 429's headers say the token's own window is used up (not a resource limit)."""
+    described = parse_ratelimit_headers(headers)
+    return described is not None and described[1] >= described[0]
 
 
 def _with_connection_names(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:

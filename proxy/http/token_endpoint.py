@@ -10,15 +10,23 @@ from aiohttp import web
 
 from proxy.errors import BadRequest
 from proxy.http.forward import TenantResolver
+from proxy.tenants.oauth import Token
+from proxy.tenants.ratelimit import RateLimiter
 from proxy.tenants.tokens import TokenManager
 
 
 class TokenEndpoint:
     """`GET /auth/token` and `POST /oauth/token`: the raw token, for apps and SDKs that want it."""
 
-    def __init__(self, tenants: TenantResolver, tokens: TokenManager) -> None:
+    def __init__(
+        self,
+        tenants: TenantResolver,
+        tokens: TokenManager,
+        ratelimit: RateLimiter[Token] | None = None,
+    ) -> None:
         self.tenants = tenants
         self.tokens = tokens
+        self.ratelimit = ratelimit
 
     async def get_token(self, request: web.Request) -> web.Response:
         return await self._answer(self.tenants(request))
@@ -31,7 +39,10 @@ class TokenEndpoint:
         return await self._answer(self.tenants(request, fallback=_basic_username(request)))
 
     async def _answer(self, tenant: str) -> web.Response:
-        token = await self.tokens.get(tenant)
+        entry, token = await self.tokens.lookup(tenant)
+        if self.ratelimit is not None:
+            # Of a pool, the token with the most rate-limit budget left.
+            token = self.ratelimit.budget_of(entry).best(self.tokens.pool(entry)) or token
         seconds_left = int(token.seconds_left(time.monotonic()))
         body = {"access_token": token.value, "token_type": "bearer", "expires_in": seconds_left}
         return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

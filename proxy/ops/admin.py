@@ -65,6 +65,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
+class PoolToken:
+    """One of a tenant's tokens: its life and its rate-limit window; never the token itself."""
+
+    expires_in: int
+    allowed: int | None  # Genesys' inin-ratelimit-allowed; None until its first answer
+    remaining: int | None
+    in_flight: int
+    resets_in: float | None
+
+
+@dataclass(frozen=True)
 class TenantRow:
     """One tenant as the page and the API show it; never a token or a full secret."""
 
@@ -81,15 +92,38 @@ class TenantRow:
     token_fetches: int
     requests: int
     errors: int
+    # The rate limit: requests left over all of the tenant's tokens, those held, and its pool.
+    ratelimit_remaining: int | None = None
+    ratelimit_waiting: int = 0
+    pool: tuple[PoolToken, ...] = ()
 
 
-__all__ = ["TenantRow", "create_admin_app", "mask_client_id", "mask_secret", "tenant_rows"]
+__all__ = [
+    "PoolToken",
+    "TenantRow",
+    "create_admin_app",
+    "mask_client_id",
+    "mask_secret",
+    "tenant_rows",
+]
 
 
 def tenant_row(tenant: Tenant, tokens: TokenManager, now: float) -> TenantRow:
     """One tenant's row, read from its table object alone."""
     state = tokens.describe(tenant, now)
-    record, stats = tenant.record, tenant.stats
+    record, stats, budget = tenant.record, tenant.stats, tenant.budget
+    usable = [token for token in tenant.tokens if now < token.usable_until]
+    windows = budget.describe(usable) if budget is not None else [{} for _ in usable]
+    pool = tuple(
+        PoolToken(
+            expires_in=int(token.seconds_left(now)),
+            allowed=_int_or_none(window.get("allowed")),
+            remaining=_int_or_none(window.get("remaining")),
+            in_flight=int(window.get("in_flight") or 0),
+            resets_in=window.get("reset"),
+        )
+        for token, window in zip(usable, windows, strict=True)
+    )
     return TenantRow(
         tenant=tenant.id,
         region=record.region if record else state.domain,
@@ -104,7 +138,14 @@ def tenant_row(tenant: Tenant, tokens: TokenManager, now: float) -> TenantRow:
         token_fetches=state.fetches,
         requests=stats.requests if stats else 0,
         errors=stats.errors if stats else 0,
+        ratelimit_remaining=budget.remaining() if budget is not None else None,
+        ratelimit_waiting=budget.waiting if budget is not None else 0,
+        pool=pool,
     )
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def tenant_rows(proxy_app: web.Application) -> list[TenantRow]:

@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from proxy.tenants.table import RateLimitBudget, Tenant, TenantTable
+from proxy.tenants.table import Tenant, TenantTable
 
 if TYPE_CHECKING:
     from proxy.tenants.credentials import CredentialChange
@@ -65,9 +65,13 @@ RATELIMIT_REMAINING = "genesys_proxy_ratelimit_remaining"
 VAULT_UP = "genesys_proxy_vault_up"
 CONFIG_RELOADS = "genesys_proxy_config_reloads_total"
 CREDENTIAL_CHANGES = "genesys_proxy_credential_changes_total"
+RATELIMIT_HELD = "genesys_proxy_ratelimit_held_total"
+RATELIMIT_REJECTED = "genesys_proxy_ratelimit_rejected_total"
+UPSTREAM_429 = "genesys_proxy_upstream_429_total"
 
 # The labelled counters kept per tenant, by the first element of their keys in TenantStats.counts.
 _REQUESTS, _FETCHES, _RETRIES, _CHANGES = "requests", "fetches", "retries", "changes"
+_HELD, _REJECTED, _429 = "held", "rejected", "upstream_429"
 _COUNTERS = {
     _REQUESTS: (
         REQUESTS,
@@ -84,6 +88,23 @@ _COUNTERS = {
         CREDENTIAL_CHANGES,
         "Credential records a re-read found changed (rotated), gone (removed), denied (forbidden).",
         ("change",),
+    ),
+    _HELD: (
+        RATELIMIT_HELD,
+        "Requests held for Genesys rate-limit budget, by reason (budget: the tokens' windows; "
+        "retry_after: an upstream 429's Retry-After).",
+        ("reason",),
+    ),
+    _REJECTED: (
+        RATELIMIT_REJECTED,
+        "Requests answered 429 rate_limited by the proxy, never sent to Genesys.",
+        (),
+    ),
+    _429: (
+        UPSTREAM_429,
+        "429 answers from Genesys, by outcome (retried: waited out and replayed; passed: given "
+        "to the app).",
+        ("outcome",),
     ),
 }
 # One shared key tuple per distinct key: tens of thousands of tenants hold the same few.
@@ -265,20 +286,22 @@ class Metrics:
         series.durations.observe_request(seconds)
 
     def upstream_answered(self, tenant: str, headers: Mapping[str, str], seconds: float) -> None:
-        """Time one upstream attempt and remember the rate-limit budget Genesys reported."""
-        found = self.table.peek(tenant)
-        stats = self._unlabelled if found is None else self._stats_of(found)
-        self._series(stats).durations.observe_upstream(seconds)
-        allowed = _header_int(headers, "inin-ratelimit-allowed")
-        count = _header_int(headers, "inin-ratelimit-count")
-        if allowed is None or count is None or found is None:
-            return
-        reset = _header_int(headers, "inin-ratelimit-reset")
-        resets_at = math.inf if reset is None else self._clock() + reset
-        found.budget = RateLimitBudget(max(0, allowed - count), allowed, resets_at)
+        """Time one upstream attempt (its rate-limit headers are the limiter's business)."""
+        self._series(self._stats_for(tenant)).durations.observe_upstream(seconds)
 
     def upstream_retry(self, tenant: str, reason: str) -> None:
         self._series(self._stats_for(tenant)).inc(_key(_RETRIES, reason))
+
+    # -- hooks: the rate limiter (proxy.tenants.ratelimit.RateLimitObserver) ----------------------
+
+    def ratelimit_held(self, tenant: str, reason: str) -> None:
+        self._series(self._stats_for(tenant)).inc(_key(_HELD, reason))
+
+    def ratelimit_rejected(self, tenant: str) -> None:
+        self._series(self._stats_for(tenant)).inc(_key(_REJECTED))
+
+    def upstream_429(self, tenant: str, outcome: str) -> None:
+        self._series(self._stats_for(tenant)).inc(_key(_429, outcome))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -321,18 +344,17 @@ class Metrics:
         )
         budget = GaugeMetricFamily(
             RATELIMIT_REMAINING,
-            "API requests left in the tenant's current Genesys rate-limit window.",
+            "API requests left in the current Genesys rate-limit windows of the tenant's tokens.",
             labels=labels,
         )
-        now = self._clock()
         expiries: dict[str, float] = {}
         budgets: dict[str, int] = {}
         for tenant in self.table:
             token = tenant.token
             if token is not None:
                 expiries[tenant.id] = token.obtained_wall + token.lifetime
-            if tenant.budget is not None:
-                budgets[tenant.id] = tenant.budget.remaining_at(now)
+            if tenant.budget is not None and (left := tenant.budget.remaining()) is not None:
+                budgets[tenant.id] = left
         if self.tenant_label:
             for tenant_id, value in expiries.items():
                 expiry.add_metric([tenant_id], value)
@@ -398,6 +420,9 @@ class _ScrapeTimeGauges:
             CounterMetricFamily(FETCHES, ""),
             CounterMetricFamily(UPSTREAM_RETRIES, ""),
             CounterMetricFamily(CREDENTIAL_CHANGES, ""),
+            CounterMetricFamily(RATELIMIT_HELD, ""),
+            CounterMetricFamily(RATELIMIT_REJECTED, ""),
+            CounterMetricFamily(UPSTREAM_429, ""),
             HistogramMetricFamily(REQUEST_DURATION, ""),
             HistogramMetricFamily(UPSTREAM_DURATION, ""),
         ]
@@ -413,14 +438,3 @@ _STATUS_TEXT = {status: str(status) for status in range(100, 600)}
 def _status_text(status: int) -> str:
     text = _STATUS_TEXT.get(status)
     return str(status) if text is None else text
-
-
-def _header_int(headers: Mapping[str, str], name: str) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        return None
-    return number if number >= 0 else None

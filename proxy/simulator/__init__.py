@@ -2,7 +2,7 @@
 
 from proxy.simulator.cli import main
 from proxy.simulator.directory import blob_content
-from proxy.simulator.model import SeenRequest, SimClient
+from proxy.simulator.model import ResourceLimit, SeenRequest, SimClient
 from proxy.simulator.server import GenesysSimulator
 
-__all__ = ["GenesysSimulator", "SeenRequest", "SimClient", "blob_content", "main"]
+__all__ = ["GenesysSimulator", "ResourceLimit", "SeenRequest", "SimClient", "blob_content", "main"]

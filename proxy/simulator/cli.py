@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from proxy.simulator.model import ResourceLimit
 from proxy.simulator.server import GenesysSimulator
 
 
@@ -24,6 +25,16 @@ def _client_spec(text: str) -> _ClientSpec:
     if not client_id or not client_secret or not domain:
         raise argparse.ArgumentTypeError("expected ID:SECRET:DOMAIN")
     return _ClientSpec(client_id, client_secret, domain)
+
+
+def _resource_limit(text: str) -> ResourceLimit:
+    """Parse `PATH:N[:SECONDS]`: N requests per client per window to paths under PATH."""
+    path, _, rest = text.partition(":")
+    allowed, _, seconds = rest.partition(":")
+    try:
+        return ResourceLimit(path, int(allowed), float(seconds or 60))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected PATH:N[:SECONDS] ({exc})") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +56,24 @@ def _parser() -> argparse.ArgumentParser:
         "--token-lifetime", type=float, default=86400, help="token lifetime in seconds"
     )
     parser.add_argument(
-        "--api-rpm", type=int, default=300, help="API requests per minute per token (0: no limit)"
+        "--api-rpm",
+        type=int,
+        default=300,
+        help="API requests per token per rate window (0: no limit)",
+    )
+    parser.add_argument(
+        "--api-window",
+        type=float,
+        default=60.0,
+        help="seconds of a token's rate window (Genesys: 60; shorter ones for tests)",
+    )
+    parser.add_argument(
+        "--resource-limit",
+        action="append",
+        default=[],
+        type=_resource_limit,
+        metavar="PATH:N[:SECONDS]",
+        help="limit paths under PATH to N requests per client per window (repeatable)",
     )
     parser.add_argument(
         "--token-rpm", type=int, default=300, help="token requests per minute per client"
@@ -69,11 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGINT or SIGTERM; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.api_rpm < 0 or args.token_rpm < 1 or args.token_lifetime <= 0:
-        parser.error("--api-rpm must be >= 0, --token-rpm >= 1 and --token-lifetime > 0")
+    if args.api_rpm < 0 or args.token_rpm < 1 or args.token_lifetime <= 0 or args.api_window <= 0:
+        parser.error(
+            "--api-rpm must be >= 0, --token-rpm >= 1, --token-lifetime > 0 and --api-window > 0"
+        )
     sim = GenesysSimulator(
         api_requests_per_minute=args.api_rpm or None,
         token_requests_per_minute=args.token_rpm,
+        rate_window_seconds=args.api_window,
+        resource_limits=args.resource_limit,
     )
     for spec in args.client:
         sim.add_client(

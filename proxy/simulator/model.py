@@ -46,6 +46,50 @@ class SeenRequest:
 
 
 @dataclass(slots=True)
+class RateWindow:
+    """A fixed rate-limit window, as Genesys counts one: it starts with the first request after
+    the previous one ended, and holds `allowed` requests until it ends."""
+
+    start: float = -math.inf
+    count: int = 0
+
+    def admit(self, now: float, allowed: int | None, seconds: float) -> tuple[bool, int, int]:
+        """Count one request if the window has room: (admitted, count, seconds to reset).
+
+        A refused request is not counted: Genesys did not process it.
+        """
+        if now >= self.start + seconds:
+            self.start = now
+            self.count = 0
+        admitted = allowed is None or self.count < allowed
+        if admitted:
+            self.count += 1
+        return admitted, self.count, _whole_seconds(self.start + seconds - now)
+
+
+@dataclass(frozen=True)
+class ResourceLimit:
+    """A limit of one resource (a path prefix, optionally one method), counted per OAuth client
+    over all of its tokens, as some Genesys limits are: more tokens do not lift it."""
+
+    path_prefix: str
+    allowed: int
+    window_seconds: float = WINDOW_SECONDS
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path_prefix.startswith("/api/v2/"):
+            raise ValueError(f"a limited path must start with /api/v2/, not {self.path_prefix}")
+        if self.allowed < 1:
+            raise ValueError(f"a resource limit must allow at least 1 request, got {self.allowed}")
+        if self.window_seconds <= 0:
+            raise ValueError(f"a resource window must be positive, got {self.window_seconds}")
+
+    def applies_to(self, method: str, path: str) -> bool:
+        return path.startswith(self.path_prefix) and self.method in (None, method)
+
+
+@dataclass(slots=True)
 class IssuedToken:
     """What the simulator knows about one access token; the token itself is the dict key."""
 
@@ -54,16 +98,7 @@ class IssuedToken:
     org_id: str
     expires_at: float
     revoked: bool = False
-    window_start: float = -math.inf
-    window_count: int = 0
-
-    def count_request(self, now: float) -> tuple[int, int]:
-        """Count one API request in this token's fixed rate window: (count, seconds to reset)."""
-        if now >= self.window_start + WINDOW_SECONDS:
-            self.window_start = now
-            self.window_count = 0
-        self.window_count += 1
-        return self.window_count, _whole_seconds(self.window_start + WINDOW_SECONDS - now)
+    window: RateWindow = field(default_factory=RateWindow)
 
 
 @dataclass(slots=True)

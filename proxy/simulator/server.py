@@ -21,7 +21,7 @@ import secrets
 import time
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +33,8 @@ from proxy.simulator.model import (
     Fault,
     FaultQueue,
     IssuedToken,
+    RateWindow,
+    ResourceLimit,
     SeenRequest,
     SimClient,
     SlidingWindowLimiter,
@@ -46,6 +48,8 @@ SEEN_REQUESTS_KEPT = 10_000
 KEPT_BODY_BYTES = 1024 * 1024
 # Shown as `inin-ratelimit-allowed` when the simulator runs without an API rate limit.
 UNLIMITED = 2**31 - 1
+# The body code of Genesys' rate-limit answers.
+RATE_LIMITED_CODE = "too.many.requests.retry.after"
 
 
 class GenesysSimulator:
@@ -57,6 +61,12 @@ class GenesysSimulator:
         sim.add_client("client-a", "secret-a", domain="mypurecloud.ie", org_name="Acme")
         async with sim.running():
             config = {"login_url": sim.login_url_template, "api_url": sim.api_url_template}
+
+    Rate limits work as Genesys' do: each token may make `api_requests_per_minute` requests per
+    window of `rate_window_seconds` (60 in Genesys; shorter ones make tests and benchmarks
+    quick), every answer carries `inin-ratelimit-allowed`, `-count` and `-reset`, and a request
+    over the limit is answered 429 `too.many.requests.retry.after` with `Retry-After` and is not
+    processed. `resource_limits` add limits of single resources, counted per client.
     """
 
     def __init__(
@@ -64,12 +74,17 @@ class GenesysSimulator:
         *,
         api_requests_per_minute: int | None = 300,
         token_requests_per_minute: int = 300,
+        rate_window_seconds: float = 60.0,
+        resource_limits: Iterable[ResourceLimit] = (),
         clock: Callable[[], float] = time.time,
         reveal_tokens: bool = True,
     ) -> None:
-        if api_requests_per_minute is not None and api_requests_per_minute < 1:
-            raise ValueError("api_requests_per_minute must be at least 1, or None for no limit")
-        self._api_limit = api_requests_per_minute
+        self._api_limit: int | None = None
+        self._window_seconds = 60.0
+        self.set_rate_limit(api_requests_per_minute, window_seconds=rate_window_seconds)
+        self._resource_limits: list[ResourceLimit] = list(resource_limits)
+        self._resource_windows: dict[tuple[str, int], RateWindow] = {}
+        self._rate_limited: collections.Counter[str] = collections.Counter()
         # False: the echo endpoint masks bearer tokens (the demo prints its answers).
         self._reveal_tokens = reveal_tokens
         self.users = directory.UserStore()
@@ -170,6 +185,39 @@ class GenesysSimulator:
         if seconds <= 0:
             raise ValueError(f"token lifetime must be positive, got {seconds}")
         self._clients[client_id] = replace(self._clients[client_id], token_lifetime=seconds)
+
+    # -- rate limits -----------------------------------------------------------------------------
+
+    def set_rate_limit(self, allowed: int | None, *, window_seconds: float = 60.0) -> None:
+        """Each token may make `allowed` API requests per window (None: no limit).
+
+        Windows already running keep their start; the new length and limit apply at once.
+        """
+        if allowed is not None and allowed < 1:
+            raise ValueError("the API rate limit must be at least 1, or None for no limit")
+        if window_seconds <= 0:
+            raise ValueError(f"the rate window must be positive, got {window_seconds}")
+        self._api_limit = allowed
+        self._window_seconds = float(window_seconds)
+
+    def add_resource_limit(
+        self,
+        path_prefix: str,
+        allowed: int,
+        *,
+        window_seconds: float = 60.0,
+        method: str | None = None,
+    ) -> ResourceLimit:
+        """Limit requests to paths under `path_prefix` (of `method`, or any) per client."""
+        limit = ResourceLimit(path_prefix, allowed, window_seconds, method)
+        self._resource_limits.append(limit)
+        return limit
+
+    def rate_limited(self, client_id: str | None = None) -> int:
+        """Requests refused 429 by a rate limit (the token's or a resource's), not by a fault."""
+        if client_id is None:
+            return self._rate_limited.total()
+        return self._rate_limited[client_id]
 
     def revoke_tokens(self, client_id: str) -> int:
         """Revoke every live token of the client; returns how many were revoked."""
@@ -272,6 +320,7 @@ class GenesysSimulator:
         self._token_requests.clear()
         self._tokens_issued.clear()
         self._api_requests.clear()
+        self._rate_limited.clear()
         self._api_401s = 0
         self._expired_tokens_seen = 0
         self.requests.clear()
@@ -380,7 +429,24 @@ class GenesysSimulator:
 
     async def _answer(self, call: ApiCall) -> web.StreamResponse:
         assert call.token is not None
-        count, reset = call.token.count_request(self._clock())
+        now = self._clock()
+        window = self._window_seconds
+        token_window = call.token.window
+        admitted, count, reset = token_window.admit(now, self._api_limit, window)
+        refusal: tuple[int, str] | None = None
+        if not admitted:
+            refusal = (
+                reset,
+                (
+                    f"Rate limit exceeded the maximum of {self._api_limit} requests "
+                    f"in {window:g} seconds"
+                ),
+            )
+        else:
+            refusal = self._check_resource_limits(call, now)
+            if refusal is not None:
+                token_window.count -= 1  # refused, so not processed: it uses none of the budget
+                count -= 1
         call.response_headers.update(
             {
                 "inin-ratelimit-count": str(count),
@@ -388,10 +454,11 @@ class GenesysSimulator:
                 "inin-ratelimit-reset": str(reset),
             }
         )
-        if self._api_limit is not None and count > self._api_limit:
-            call.response_headers[hdrs.RETRY_AFTER] = str(reset)
-            message = f"Rate limit exceeded the maximum of {self._api_limit} requests in 60 seconds"
-            return call.error(429, "too.many.requests", message)
+        if refusal is not None:
+            retry_after, message = refusal
+            self._rate_limited[call.token.client_id] += 1
+            call.response_headers[hdrs.RETRY_AFTER] = str(retry_after)
+            return call.error(429, RATE_LIMITED_CODE, message)
 
         fault = self._api_faults.take(call.token.client_id)
         if fault is not None:
@@ -406,6 +473,23 @@ class GenesysSimulator:
         if client is None:  # removed while this request was on its way
             return call.error(401, "bad.credentials", "Invalid login credentials.")
         return await endpoints.route(call, client)
+
+    def _check_resource_limits(self, call: ApiCall, now: float) -> tuple[int, str] | None:
+        """(Retry-After, message) of the first resource limit the request is over, or None."""
+        assert call.token is not None
+        method = call.request.method
+        for index, limit in enumerate(self._resource_limits):
+            if not limit.applies_to(method, call.path):
+                continue
+            key = (call.token.client_id, index)
+            window = self._resource_windows.setdefault(key, RateWindow())
+            admitted, _, reset = window.admit(now, limit.allowed, limit.window_seconds)
+            if not admitted:
+                return reset, (
+                    f"Rate limit exceeded the maximum of {limit.allowed} requests "
+                    f"in {limit.window_seconds:g} seconds for {limit.path_prefix}"
+                )
+        return None
 
     def _record(self, call: ApiCall, status: int) -> None:
         request = call.request

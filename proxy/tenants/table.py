@@ -29,6 +29,7 @@ from cachetools import Cache, LRUCache, TLRUCache
 if TYPE_CHECKING:
     from proxy.errors import GenesysAuthFailed, ProxyError
     from proxy.ops.metrics import TenantStats
+    from proxy.tenants.ratelimit import TenantBudget
     from proxy.tenants.record import TenantCredentials
     from proxy.tenants.tokens import Token
 
@@ -36,18 +37,6 @@ log = logging.getLogger("proxy.tenants.table")
 
 Clock = Callable[[], float]
 _NO_TOKENS: tuple[Token, ...] = ()
-
-
-@dataclass(slots=True)
-class RateLimitBudget:
-    """The last `inin-ratelimit-*` window Genesys reported for a tenant's token."""
-
-    remaining: int
-    allowed: int
-    resets_at: float  # monotonic; the full budget is back after it
-
-    def remaining_at(self, now: float) -> int:
-        return self.allowed if now >= self.resets_at else self.remaining
 
 
 @dataclass(slots=True, eq=False)
@@ -109,8 +98,8 @@ class Tenant:
         self.read_at = -math.inf
         self.record_fresh_until = -math.inf
         self.keep_until = -math.inf
-        # The tenant's tokens, best first. One today; the rate-limit pool grows it to
-        # genesys.rate_limit.tokens_per_tenant.
+        # The tenant's tokens: the first one is refreshed ahead; the rate-limit pool adds more,
+        # up to genesys.rate_limit.tokens_per_tenant, and the budget picks among them.
         self.tokens: tuple[Token, ...] = _NO_TOKENS
         # Until then the first token is served without a second look: min(refresh due, usable
         # until), or a short floor after a failed background refresh. -inf: no token.
@@ -121,7 +110,8 @@ class Tenant:
         self.fetches = 0
         self.trouble: FetchTrouble | None = None
         self.refusal: RefusalBackoff | None = None
-        self.budget: RateLimitBudget | None = None  # the rate-limit engineer's slot
+        # Its tokens' rate-limit windows and held requests (proxy.tenants.ratelimit).
+        self.budget: TenantBudget[Token] | None = None
         self.stats: TenantStats | None = None  # counters and histograms, made by the metrics
 
     def __repr__(self) -> str:

@@ -108,6 +108,7 @@ class TokenManager:
         fetcher: TokenFetcher,
         *,
         refresh_at: float = 0.8,
+        pool_size: int = 1,
         rejected_ttl: float = 10.0,
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
@@ -124,6 +125,8 @@ class TokenManager:
         self._credentials = credentials
         self._fetcher = fetcher
         self._refresh_at = refresh_at
+        # genesys.rate_limit.tokens_per_tenant: how many tokens a tenant's pool may hold.
+        self._pool_size = max(1, pool_size)
         self._rejected_ttl = rejected_ttl
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -132,6 +135,8 @@ class TokenManager:
         self._jitter = jitter
         # Keyed by the tenant's object: a tenant evicted and seen again gets a flight of its own.
         self._flights: SingleFlight[Tenant, Token] = SingleFlight("token-fetch")
+        # The pool's own fetches (another token, or a pool token's refresh): one at a time.
+        self._pool_flights: SingleFlight[Tenant, Token | None] = SingleFlight("token-pool")
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self.fetches = 0
@@ -141,10 +146,11 @@ class TokenManager:
         return self._table
 
     def reconfigure(self, config: Config) -> None:
-        """Apply `genesys.refresh_at` at once, to the tokens already cached too."""
+        """Apply `genesys.refresh_at` and the pool size at once, to cached tokens too."""
         refresh_at = config.genesys.refresh_at
         _check_refresh_at(refresh_at)
         self._refresh_at = refresh_at
+        self._pool_size = config.genesys.rate_limit.tokens_per_tenant
         for tenant in self._table:
             token = tenant.token
             if token is not None:
@@ -232,6 +238,109 @@ class TokenManager:
             raise _again(trouble.failure, tenant_id, trouble.retry_at - now)
         return await self._flights.do(tenant, functools.partial(self._fetch, tenant))
 
+    # -- the token pool (genesys.rate_limit.tokens_per_tenant) -----------------------------------
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
+
+    def pool(self, tenant: Tenant) -> tuple[Token, ...]:
+        """The tenant's tokens that may be injected now, at most `pool_size` of them.
+
+        The first is refreshed ahead by `lookup`; a pool token past `refresh_at` of its life is
+        replaced in the background here, one at a time, and stays in use meanwhile.
+        """
+        tokens = tenant.tokens
+        now = self._clock()
+        if len(tokens) == 1:
+            return tokens if now < tokens[0].usable_until else ()
+        usable = tuple(t for t in tokens[: self._pool_size] if now < t.usable_until)
+        for token in usable[1:]:
+            if now >= token.refresh_due(self._refresh_at):
+                self._pool_fetch_in_background(tenant, token)
+                break
+        return usable
+
+    async def grow(self, tenant: Tenant) -> Token | None:
+        """Fetch one more token into the tenant's pool (the rate limiter's call); None: no room,
+        or the tenant is backing off its token endpoint."""
+        if len(self.pool(tenant)) >= self._pool_size or self._backing_off(tenant):
+            return None
+        return await self._pool_flights.do(tenant, functools.partial(self._fetch_extra, tenant))
+
+    def _pool_fetch_in_background(self, tenant: Tenant, old: Token) -> None:
+        if self._closed or self._pool_flights.in_flight(tenant) or self._backing_off(tenant):
+            return
+        task = asyncio.create_task(
+            self._pool_refresh(tenant, old), name=f"token-pool-refresh:{tenant.id}"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _pool_refresh(self, tenant: Tenant, old: Token) -> None:
+        # `_fetch_extra` has recorded and logged any failure; `old` serves until it expires.
+        with contextlib.suppress(Exception):
+            await self._pool_flights.do(tenant, functools.partial(self._fetch_extra, tenant, old))
+
+    def _backing_off(self, tenant: Tenant) -> bool:
+        trouble = tenant.trouble
+        now = self._clock()
+        return trouble is not None and (
+            (trouble.rejected is not None and now < trouble.rejected_until)
+            or now < trouble.retry_at
+        )
+
+    async def _fetch_extra(self, tenant: Tenant, old: Token | None = None) -> Token | None:
+        """One token for the pool: in place of `old` (its refresh), or added to it."""
+        generation = tenant.generation
+        record = tenant.record
+        if record is None:
+            return None
+        tenant.fetches += 1
+        self.fetches += 1
+        try:
+            token = await self._fetcher.fetch(record)
+        except Exception as exc:
+            if self._observer is not None:
+                rejected = isinstance(exc, GenesysAuthFailed)
+                self._observer.token_fetch(tenant, "rejected" if rejected else "error")
+            self._fetch_failed(tenant, exc)
+            raise
+        if self._observer is not None:
+            self._observer.token_fetch(tenant, "success")
+        if not self._table.holds(tenant) or tenant.generation != generation:
+            return token  # evicted or its record changed meanwhile: not pooled
+        now = self._clock()
+        kept = tuple(t for t in tenant.tokens if t is not old and now < t.usable_until)
+        if not kept:
+            fresh_until = min(token.refresh_due(self._refresh_at), token.usable_until)
+            tenant.set_tokens((token,), fresh_until)
+        elif len(kept) < self._pool_size:
+            # The first token, and with it the hot path's `fresh_until`, stays as it was.
+            tenant.set_tokens((*kept, token), tenant.token_fresh_until)
+        log.info(
+            "token %s the pool of tenant %s (%d of at most %d)",
+            "refreshed in" if old is not None else "added to",
+            tenant.id,
+            len(tenant.tokens),
+            self._pool_size,
+            extra={"tenant": tenant.id, "outcome": "success"},
+        )
+        return token
+
+    def _drop_from_pool(self, tenant: Tenant, refused: Token) -> bool:
+        """Drop a refused token that is not the first of the tenant's tokens."""
+        tokens = tenant.tokens
+        if refused not in tokens[1:]:
+            return False
+        tenant.set_tokens(tuple(t for t in tokens if t is not refused), tenant.token_fresh_until)
+        log.info(
+            "upstream refused a pool token of tenant %s; dropped it",
+            tenant.id,
+            extra={"tenant": tenant.id},
+        )
+        return True
+
     # -- upstream 401s (the forwarder's calls) ----------------------------------------------------
 
     async def replacement(self, tenant: Tenant, refused: Token) -> Token | None:
@@ -244,6 +353,7 @@ class TokenManager:
         refusal = tenant.refusal
         if refusal is not None and now < refusal.refetch_after:
             return None
+        self._drop_from_pool(tenant, refused)
         current = tenant.token
         if current is not None and current is not refused and now < current.usable_until:
             return current  # another request has replaced it already: one refetch per storm
@@ -287,6 +397,8 @@ class TokenManager:
         refusal = tenant.refusal
         if refusal is not None and self._clock() < refusal.refetch_after:
             return False
+        if self._drop_from_pool(tenant, refused):
+            return True
         if tenant.token is not refused:
             return False
         tenant.set_tokens((), -math.inf)
@@ -359,6 +471,7 @@ class TokenManager:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._flights.close()
+        await self._pool_flights.close()
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -417,8 +530,11 @@ class TokenManager:
         # Evicted meanwhile, or its record changed: the caller still gets the token, but it is
         # not cached (the next request fetches from the tenant's current client).
         if self._table.holds(tenant) and tenant.generation == generation:
+            # The first token is replaced; the rest of the pool stays while it is usable.
+            now = self._clock()
+            rest = tuple(t for t in tenant.tokens[1:] if now < t.usable_until)
             tenant.set_tokens(
-                (token,), min(token.refresh_due(self._refresh_at), token.usable_until)
+                (token, *rest), min(token.refresh_due(self._refresh_at), token.usable_until)
             )
         trouble = tenant.trouble
         if trouble is not None:
