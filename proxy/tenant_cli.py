@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import aiohttp
-from yarl import URL
 
 from proxy.cli_base import EXIT_OK, UsageError, fail, resolve_config
 from proxy.config import Config, LogConfig
 from proxy.errors import ConfigError, InvalidTenant, InvalidTenantCredentials, ProxyError
+from proxy.http.failures import describe_client_error, url_host
 from proxy.ops.logs import configure_logging
 from proxy.regions import DOMAINS, REGIONS, resolve_region
 from proxy.tenants.ids import check_tenant_id, shown_tenant
@@ -196,34 +196,8 @@ def _failure_message(exc: ProxyError, login_url: str, record: Mapping[str, Any])
         domain = resolve_region(str(record.get("region", "")))
     except ValueError:
         return exc.message
-    url = URL(login_url.format(domain=domain))
-    host = url.raw_host or domain
-    if not url.is_default_port():
-        host = f"{host}:{url.port}"
+    host = url_host(login_url.format(domain=domain))
     return f"{describe_client_error(cause, host)} (the login service of region {domain})"
-
-
-def describe_client_error(exc: BaseException, host: str) -> str:
-    """What went wrong talking to `host`, as a clause: never an exception class name.
-
-    A stand-in, worded the same, for the edge branch's `proxy.http.failures.describe_client_error`;
-    once that is merged, import it instead and delete this.
-    """
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"DNS lookup of {host} failed"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return f"TLS handshake with {host} failed"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return f"connecting to {host} timed out"
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        return f"{host} did not answer in time"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return f"connection to {host} refused"
-        return f"connection to {host} failed: {(exc.os_error.strerror or 'error').lower()}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return f"{host} closed the connection before answering"
-    return f"the request to {host} failed"
 
 
 def _parse_region(value: str) -> tuple[str, str]:
