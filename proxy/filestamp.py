@@ -32,9 +32,14 @@ class FileStamp:
     def of(cls, path: str | os.PathLike[str]) -> FileStamp | None:
         """The stamp of the file `path` names (after symlinks), or None if it cannot be stat'ed."""
         try:
-            stat = os.stat(path)  # follows symlinks: a swapped `..data` link shows as a new inode
+            return cls.stat(path)
         except OSError:
             return None
+
+    @classmethod
+    def stat(cls, path: str | os.PathLike[str]) -> FileStamp:
+        """The stamp of the file `path` names (after symlinks); raises OSError as `os.stat` does."""
+        stat = os.stat(path)  # follows symlinks: a swapped `..data` link shows as a new inode
         return cls(stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev)
 
 

@@ -16,7 +16,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import __version__
+from proxy.filestamp import FileStamp
 from proxy.injector.sidecar import (
     ALWAYS_EXCLUDED_NAMESPACES,
     InjectionRefused,
@@ -205,9 +205,8 @@ class ReloadingCertificate:
     def _select(self, connection: Any, server_name: str | None, context: ssl.SSLContext) -> None:
         connection.context = self._current
 
-    def _files_stamp(self) -> tuple[float, ...]:
-        stats = [os.stat(path) for path in (self.cert, self.key)]
-        return tuple(x for s in stats for x in (s.st_mtime_ns, s.st_size, s.st_ino))
+    def _files_stamp(self) -> tuple[FileStamp, FileStamp]:
+        return FileStamp.stat(self.cert), FileStamp.stat(self.key)
 
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed; keep the old certificate if they do not load."""

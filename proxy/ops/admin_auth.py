@@ -29,6 +29,7 @@ from aiohttp import web
 
 from proxy.config import AdminConfig
 from proxy.errors import ConfigError
+from proxy.filestamp import FileStamp
 
 log = logging.getLogger("proxy.ops.admin")
 
@@ -53,7 +54,7 @@ class AdminToken:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: FileStamp | None = None
         self._value = ""
         problem = self._reload()
         if problem is not None:
@@ -71,8 +72,8 @@ class AdminToken:
 
     def _reload(self) -> str | None:
         try:
-            stat = self._path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            # Inode too: a Secret volume's symlink swap can keep the size and the mtime.
+            stamp = FileStamp.stat(self._path)
             if stamp == self._stamp:
                 return None
             value = self._path.read_text(encoding="utf-8").strip()

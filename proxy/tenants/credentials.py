@@ -30,6 +30,7 @@ from proxy.errors import (
     UnknownTenant,
     VaultUnavailable,
 )
+from proxy.filestamp import FileStamp
 from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.record import TenantCredentials, parse_record
 from proxy.tenants.singleflight import SingleFlight
@@ -136,10 +137,6 @@ class VaultCredentialSource:
         await self._session.close()
 
 
-# The file's identity: a changed mtime, size or inode means it was rewritten.
-_FileStamp = tuple[int, int, int]
-
-
 class FileCredentialSource:
     """A YAML file `{tenant: {client_id, client_secret, region}}`, re-read when it changes."""
 
@@ -156,7 +153,7 @@ class FileCredentialSource:
         self._check_interval = check_interval
         self._clock = clock
         self._records: dict[str, Any] = {}
-        self._stamp: _FileStamp | None = None
+        self._stamp: FileStamp | None = None
         self._checked_at: float | None = None
         self._problem: str | None = None
         self._lock = asyncio.Lock()
@@ -222,14 +219,13 @@ class FileCredentialSource:
             self._problem = None
             log.info("Reloaded %d tenant(s) from %s", len(self._records), self._path)
 
-    def _stat(self) -> _FileStamp:
+    def _stat(self) -> FileStamp:
         try:
-            stat = self._path.stat()
+            return FileStamp.stat(self._path)
         except OSError as exc:
             raise _FileProblem(f"cannot read {self._path}: {exc.strerror}") from exc
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
-    def _load(self) -> tuple[_FileStamp, dict[str, Any]]:
+    def _load(self) -> tuple[FileStamp, dict[str, Any]]:
         """Read and check the file's shape (records are checked when a tenant is fetched)."""
         stamp = self._stat()
         try:

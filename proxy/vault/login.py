@@ -22,6 +22,7 @@ import hvac.exceptions
 
 from proxy.config import VaultAuthConfig
 from proxy.errors import VaultUnavailable
+from proxy.filestamp import FileStamp
 
 log = logging.getLogger("proxy.vault.login")
 
@@ -62,7 +63,7 @@ class VaultLogin:
         self._client = client
         self._clock = clock
         self._token_lock = threading.Lock()
-        self._token_file_seen: tuple[int, int, int] | None = None
+        self._token_file_seen: FileStamp | None = None
         self._token_file_problem: str | None = None
         self._generation = 0
 
@@ -140,8 +141,7 @@ class VaultLogin:
         assert path is not None
         with self._token_lock:
             try:
-                stat = path.stat()
-                seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+                seen = FileStamp.stat(path)
                 if seen == self._token_file_seen:
                     return
                 token = path.read_text(encoding="utf-8").strip()
