@@ -93,6 +93,27 @@ async def test_a_token_without_a_known_window_gets_one_probe_until_its_first_ans
     assert budget.remaining() == 49
 
 
+async def test_a_token_whose_answers_describe_no_window_is_not_held_to_one_request(
+    clock: FakeClock, counts: Counts
+) -> None:
+    # An upstream that sends no inin-ratelimit-* headers (an endpoint without them, a gateway's
+    # error page, a stand-in API) gives no budget to keep: after its first answer the token
+    # must not stay at one request at a time.
+    budget: TenantBudget[str] = TenantBudget("acme", limiter_with(clock, counts))
+    probe = await budget.acquire(lambda: ("t1",))
+    probe.answered(200, {})
+    acquiring = [asyncio.create_task(budget.acquire(lambda: ("t1",))) for _ in range(32)]
+    await settle()
+    assert all(task.done() for task in acquiring)
+    leases = [task.result() for task in acquiring]
+    assert counts.held == []
+    assert budget.remaining() is None
+    # Once an answer does describe the window, it is kept as usual.
+    for lease in leases:
+        lease.answered(200, window(50, 40, 5))
+    assert budget.remaining() == 10
+
+
 async def test_no_more_requests_go_out_than_the_window_has_left_counting_those_in_flight(
     clock: FakeClock, counts: Counts
 ) -> None:

@@ -46,6 +46,8 @@ T = TypeVar("T", bound=Hashable)
 
 # Requests sent on a token before Genesys first described its window.
 PROBES_PER_UNKNOWN_TOKEN = 1
+# What a token whose answers describe no window may send at once: no limit the proxy could keep.
+UNTOLD_BUDGET = 1 << 30
 # The pool grows once every token has used this share of its window (the contract: 80 %).
 GROW_AT = 0.8
 # How often a held request checks that its client is still there: aiohttp does not cancel a
@@ -93,7 +95,7 @@ class RateLimitObserver(Protocol):
 class TokenWindow:
     """One token's current rate-limit window, as far as Genesys' answers have described it."""
 
-    __slots__ = ("allowed", "count", "early_probe", "in_flight", "length", "resets_at")
+    __slots__ = ("allowed", "count", "early_probe", "in_flight", "length", "resets_at", "untold")
 
     def __init__(self) -> None:
         self.allowed: int | None = None  # unknown until the token's first answer
@@ -106,6 +108,9 @@ class TokenWindow:
         self.length = 0.0
         # Whether one request may try in the last RESET_ROUNDING seconds before `resets_at`.
         self.early_probe = True
+        # An answer came back without inin-ratelimit-* headers while the window was unknown:
+        # there is no budget to keep, so requests are not held to the probe (until one does).
+        self.untold = False
 
     def __repr__(self) -> str:
         return (
@@ -124,6 +129,8 @@ class TokenWindow:
         """Requests that may go out on this token now, those in flight counted as spent."""
         self.roll(now)
         if self.allowed is None:
+            if self.untold:
+                return UNTOLD_BUDGET
             return max(0, PROBES_PER_UNKNOWN_TOKEN - self.in_flight)
         available = self.allowed - self.count - self.in_flight
         if available <= 0 and self.in_flight == 0 and now >= self.next_chance():
@@ -455,6 +462,8 @@ class TenantBudget(Generic[T]):
         else:
             window.roll(now)
             window.count += 1  # no headers: assume Genesys counted it
+            if window.allowed is None:
+                window.untold = True
         if status == 429 and described is not None and described[1] >= described[0]:
             # Refused for the token's own window (not a resource's): hold the token until reset.
             retry_after = parse_retry_after(headers.get("Retry-After"))
