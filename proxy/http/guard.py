@@ -18,6 +18,7 @@ A request with no Host at all (HTTP/1.0 tools) passes the Host check: browsers a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,12 @@ class ListenerGuard:
         # that, so the Host check is off (the cross-site check stays).
         self.checks_host = is_loopback_name(listen.host.strip("[]")) and "*" not in allowed
         self._allowed = allowed - {"*"}
+        # A loopback client sends the same one or two Host values on every request: remember
+        # each value's verdict (bounded) rather than parse it with ipaddress each time.
+        self._host_verdicts = functools.lru_cache(maxsize=256)(self._local_host)
+
+    def _local_host(self, host: str) -> bool:
+        return self._local_name(host_name(host))
 
     def _local_name(self, name: str | None) -> bool:
         return name is not None and (is_loopback_name(name) or name in self._allowed)
@@ -84,7 +91,7 @@ class ListenerGuard:
         hosts = request.headers.getall("Host", ())
         if len(hosts) > 1:
             raise BadRequest("the request has more than one Host header")
-        if self.checks_host and hosts and not self._local_name(host_name(hosts[0])):
+        if self.checks_host and hosts and not self._host_verdicts(hosts[0]):
             log.info("refused Host %s: not a loopback name (DNS rebinding guard)", _shown(hosts[0]))
             raise BadHost(
                 f"the Host header {_shown(hosts[0])} is not a loopback name; a program that "
