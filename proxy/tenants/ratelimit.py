@@ -216,13 +216,27 @@ class _Waiter(Generic[T]):
 class TenantBudget(Generic[T]):
     """A tenant's token windows and its queue of held requests."""
 
+    # Every cached tenant has one: slots, and no queue until a request is held (an empty deque
+    # alone is 600 bytes), keep the tenant table's per-tenant cost down.
+    __slots__ = (
+        "_grow",
+        "_growing",
+        "_limiter",
+        "_queue",
+        "_timer",
+        "_timer_at",
+        "_tokens",
+        "_windows",
+        "tenant",
+    )
+
     def __init__(self, tenant: str, limiter: RateLimiter[T]) -> None:
         self.tenant = tenant
         self._limiter = limiter
         self._windows: dict[T, TokenWindow] = {}
         self._tokens: Callable[[], Sequence[T]] = tuple
         self._grow: Callable[[], Awaitable[object]] | None = None
-        self._queue: deque[_Waiter[T]] = deque()
+        self._queue: deque[_Waiter[T]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._growing: asyncio.Task[None] | None = None
@@ -232,7 +246,7 @@ class TenantBudget(Generic[T]):
     @property
     def waiting(self) -> int:
         """Requests held right now."""
-        return sum(1 for waiter in self._queue if not waiter.future.done())
+        return sum(1 for waiter in self._queue or () if not waiter.future.done())
 
     @property
     def in_flight(self) -> int:
@@ -300,14 +314,23 @@ class TenantBudget(Generic[T]):
         if not self._queue:  # nobody to overtake: first come, first served
             lease = self._take(current)
             if lease is not None:
+                self._forget_callbacks()
                 return lease
         settings = self._limiter.settings
         if not settings.holds:
             # Pass-through: never hold or refuse; the best token goes out, budget or not.
             now = self._limiter.clock()
             token = max(current, key=lambda t: self._window(t).available(now))
-            return self._reserve(token, current)
+            lease = self._reserve(token, current)
+            self._forget_callbacks()
+            return lease
         return await self._hold(settings, gone)
+
+    def _forget_callbacks(self) -> None:
+        """With nobody held, drop the caller's callbacks: only held requests read them again, and
+        kept they would hold a closure (and a token) per cached tenant."""
+        if not self._queue:
+            self._tokens, self._grow = tuple, None
 
     async def _hold(self, settings: RateLimitSettings, gone: Callable[[], bool] | None) -> Lease[T]:
         now = self._limiter.clock()
@@ -323,6 +346,8 @@ class TenantBudget(Generic[T]):
             raise self._used_up(waiting, now)
         future: asyncio.Future[Lease[T]] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(future, gone, now)
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(waiter)
         self._limiter.held(self.tenant, "budget")
         self._arm_timer(now)
@@ -501,7 +526,7 @@ class TenantBudget(Generic[T]):
         # The current max_wait, so that a reload lowering it applies to held requests too.
         max_wait = self._limiter.settings.max_wait
         position = 0
-        for waiter in self._queue:
+        for waiter in self._queue or ():
             if waiter.future.done():
                 continue
             predicted = _wait_at(position, *forecast)
@@ -523,8 +548,9 @@ class TenantBudget(Generic[T]):
             self.release()
 
     def _unqueue(self, waiter: _Waiter[T]) -> None:
-        with contextlib.suppress(ValueError):
-            self._queue.remove(waiter)
+        if self._queue is not None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(waiter)
 
     def _arm_timer(self, now: float) -> None:
         """Wake the queue when the first window resets (answers wake it before that)."""
