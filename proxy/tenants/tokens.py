@@ -296,18 +296,7 @@ class TokenManager:
         record = tenant.record
         if record is None:
             return None
-        tenant.fetches += 1
-        self.fetches += 1
-        try:
-            token = await self._fetcher.fetch(record)
-        except Exception as exc:
-            if self._observer is not None:
-                rejected = isinstance(exc, GenesysAuthFailed)
-                self._observer.token_fetch(tenant, "rejected" if rejected else "error")
-            self._fetch_failed(tenant, exc)
-            raise
-        if self._observer is not None:
-            self._observer.token_fetch(tenant, "success")
+        token = await self._request_token(tenant, record)
         if not self._table.holds(tenant) or tenant.generation != generation:
             return token  # evicted or its record changed meanwhile: not pooled
         now = self._clock()
@@ -515,18 +504,7 @@ class TokenManager:
             record = (await self._credentials.get(tenant.id)).record
             if record is None:  # pragma: no cover - get() raises instead
                 raise VaultUnavailable(f"no credential record for tenant {tenant.id!r}")
-        tenant.fetches += 1
-        self.fetches += 1
-        try:
-            token = await self._fetcher.fetch(record)
-        except Exception as exc:
-            if self._observer is not None:
-                rejected = isinstance(exc, GenesysAuthFailed)
-                self._observer.token_fetch(tenant, "rejected" if rejected else "error")
-            self._fetch_failed(tenant, exc)
-            raise
-        if self._observer is not None:
-            self._observer.token_fetch(tenant, "success")
+        token = await self._request_token(tenant, record)
         # Evicted meanwhile, or its record changed: the caller still gets the token, but it is
         # not cached (the next request fetches from the tenant's current client).
         if self._table.holds(tenant) and tenant.generation == generation:
@@ -552,6 +530,22 @@ class TokenManager:
             token.lifetime,
             extra={"tenant": tenant.id, "outcome": "success"},
         )
+        return token
+
+    async def _request_token(self, tenant: Tenant, record: TenantCredentials) -> Token:
+        """One token request for `tenant`, counted and reported; a failure is recorded."""
+        tenant.fetches += 1
+        self.fetches += 1
+        try:
+            token = await self._fetcher.fetch(record)
+        except Exception as exc:
+            if self._observer is not None:
+                rejected = isinstance(exc, GenesysAuthFailed)
+                self._observer.token_fetch(tenant, "rejected" if rejected else "error")
+            self._fetch_failed(tenant, exc)
+            raise
+        if self._observer is not None:
+            self._observer.token_fetch(tenant, "success")
         return token
 
     def _fetch_failed(self, tenant: Tenant, exc: Exception) -> None:
