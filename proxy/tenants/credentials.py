@@ -31,6 +31,7 @@ from proxy.errors import (
     VaultUnavailable,
 )
 from proxy.filestamp import FileStamp
+from proxy.tasks import BackgroundTasks
 from proxy.tenants.ids import check_tenant_id
 from proxy.tenants.record import TenantCredentials, parse_record
 from proxy.tenants.singleflight import SingleFlight
@@ -312,7 +313,7 @@ class CredentialStore:
         self._revoker = revoker
         self._observer = observer
         self._flights: SingleFlight[str, Tenant] = SingleFlight("credentials")
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
         self._closed = False
         self.reads = 0
         self.stale_served = 0
@@ -389,24 +390,18 @@ class CredentialStore:
 
     async def settled(self) -> None:
         """Wait until the background re-reads started so far have ended (for tests, and close)."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self._background.settled()
 
     async def close(self) -> None:
         """Cancel reads in flight (the source is closed by whoever opened it)."""
         self._closed = True
-        background = list(self._background)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await self._background.close()
         await self._flights.close()
 
     def _revalidate_in_background(self, tenant_id: str) -> None:
         if self._closed or self._flights.in_flight(tenant_id):
             return
-        task = asyncio.create_task(self._revalidate(tenant_id), name=f"revalidate:{tenant_id}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.start(self._revalidate(tenant_id), f"revalidate:{tenant_id}")
 
     async def _revalidate(self, tenant_id: str) -> None:
         # `_read` has acted on and logged the outcome; requests go on with what it left.

@@ -7,7 +7,6 @@ What to do with the tokens (caching, refreshing, backing off) is `proxy.tenants.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import email.utils
@@ -23,6 +22,7 @@ import aiohttp
 
 from proxy.errors import GenesysAuthFailed, TokenUnavailable
 from proxy.http.failures import describe_client_error, url_host
+from proxy.tasks import BackgroundTasks
 from proxy.tenants.record import TenantCredentials
 
 log = logging.getLogger("proxy.tenants.oauth")
@@ -101,7 +101,7 @@ class GenesysTokenFetcher:
         self._session = session
         self._login_url_template = login_url_template
         self._api_url_template = api_url_template
-        self._revocations: set[asyncio.Task[None]] = set()
+        self._revocations = BackgroundTasks()
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
         self._clock = clock
         self._wall_clock = wall_clock
@@ -184,21 +184,15 @@ class GenesysTokenFetcher:
         """Revoke `token` at Genesys in the background, best effort (`close` ends it)."""
         if self._api_url_template is None:
             return
-        task = asyncio.create_task(self._revoke(token), name=f"token-revoke:{token.tenant}")
-        self._revocations.add(task)
-        task.add_done_callback(self._revocations.discard)
+        self._revocations.start(self._revoke(token), f"token-revoke:{token.tenant}")
 
     async def settled(self) -> None:
         """Wait until the revocations started so far have ended (for tests)."""
-        while self._revocations:
-            await asyncio.gather(*list(self._revocations), return_exceptions=True)
+        await self._revocations.settled()
 
     async def close(self) -> None:
         """Cancel revocations still under way and wait for them to end."""
-        tasks = list(self._revocations)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._revocations.close()
 
     async def _revoke(self, token: Token) -> None:
         assert self._api_url_template is not None

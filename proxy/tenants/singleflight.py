@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from proxy.tasks import cancel_and_wait
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -41,10 +43,7 @@ class SingleFlight(Generic[K, V]):
 
     async def close(self) -> None:
         """Cancel the running calls and wait for them to end."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks.values())
 
     def _finished(self, key: K, task: asyncio.Task[V]) -> None:
         if self._tasks.get(key) is task:

@@ -10,7 +10,6 @@ login client itself is `proxy.tenants.oauth`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -24,6 +23,7 @@ from typing import Literal, Protocol
 from proxy.backoff import backoff_delay
 from proxy.config import Config
 from proxy.errors import GenesysAuthFailed, ProxyError, TokenUnavailable, VaultUnavailable
+from proxy.tasks import BackgroundTasks
 from proxy.tenants.oauth import (
     EXPIRY_MARGIN_FRACTION,
     EXPIRY_MARGIN_SECONDS,
@@ -137,7 +137,7 @@ class TokenManager:
         self._flights: SingleFlight[Tenant, Token] = SingleFlight("token-fetch")
         # The pool's own fetches (another token, or a pool token's refresh): one at a time.
         self._pool_flights: SingleFlight[Tenant, Token | None] = SingleFlight("token-pool")
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
         self._closed = False
         self.fetches = 0
 
@@ -271,11 +271,7 @@ class TokenManager:
     def _pool_fetch_in_background(self, tenant: Tenant, old: Token) -> None:
         if self._closed or self._pool_flights.in_flight(tenant) or self._backing_off(tenant):
             return
-        task = asyncio.create_task(
-            self._pool_refresh(tenant, old), name=f"token-pool-refresh:{tenant.id}"
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.start(self._pool_refresh(tenant, old), f"token-pool-refresh:{tenant.id}")
 
     async def _pool_refresh(self, tenant: Tenant, old: Token) -> None:
         # `_fetch_extra` has recorded and logged any failure; `old` serves until it expires.
@@ -455,10 +451,7 @@ class TokenManager:
     async def close(self) -> None:
         """Cancel background refreshes and fetches under way, and wait for them to end."""
         self._closed = True
-        background = list(self._background)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await self._background.close()
         await self._flights.close()
         await self._pool_flights.close()
 
@@ -473,11 +466,7 @@ class TokenManager:
             or now < trouble.retry_at
         ):
             return
-        task = asyncio.create_task(
-            self._background_refresh(tenant), name=f"token-refresh:{tenant.id}"
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.start(self._background_refresh(tenant), f"token-refresh:{tenant.id}")
 
     async def _background_refresh(self, tenant: Tenant) -> None:
         # `_fetch` has recorded and logged any failure; the current token stays in use meanwhile.
