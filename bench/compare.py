@@ -23,16 +23,13 @@ from typing import Any
 
 from bench import report
 from bench.procs import BenchError, cpu_split, process_tree, syscalls
-from bench.services import REPO, nginx_upstream, openbao, passthrough, simulator, token_proxy
+from bench.services import REPO, passthrough, token_proxy
 from bench.sidecar import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     DOMAIN,
     HEADERS,
-    REGION,
     REQUEST_PATH,
-    TENANT,
     WARMUP_SECONDS,
+    genesys_stand_ins,
 )
 from bench.tools import require_programs
 from bench.wrk import WrkResult, run_wrk, write_script
@@ -81,20 +78,8 @@ def run(settings: Settings, *, install: bool, workdir: Path) -> int:
     reads: dict[str, list[float]] = {name: [] for name in NAMES}
     p50: dict[str, list[float]] = {name: [] for name in NAMES}
     with ExitStack() as stack:
-        upstream = stack.enter_context(nginx_upstream(programs["nginx"], workdir / "upstream"))
-        bao = stack.enter_context(openbao(workdir / "openbao"))
-        bao.put_tenants(
-            {TENANT: {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "region": REGION}}
-        )
-        client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "domain": DOMAIN}
-        sim = stack.enter_context(simulator(workdir / "simulator", [client]))
-        config = {
-            "vault": {"address": bao.address, "auth": {"token": bao.root_token}},
-            "genesys": {
-                "api_url": upstream.url + "/api/{domain}",
-                "login_url": sim.login_url_template,
-            },
-        }
+        stand_ins = genesys_stand_ins(stack, programs["nginx"], workdir)
+        upstream, config = stand_ins.upstream, stand_ins.config
         base = stack.enter_context(
             token_proxy(workdir / "base", config, source=workdir / "base-tree")
         ).service

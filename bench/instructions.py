@@ -30,20 +30,14 @@ from bench import report
 from bench.procs import BenchError
 from bench.services import (
     Service,
-    nginx_upstream,
-    openbao,
     passthrough,
-    simulator,
     token_proxy,
 )
 from bench.sidecar import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     DOMAIN,
     HEADERS,
-    REGION,
     REQUEST_PATH,
-    TENANT,
+    genesys_stand_ins,
 )
 from bench.tools import require_programs
 
@@ -65,20 +59,8 @@ def run(settings: Settings, *, install: bool, workdir: Path) -> int:
             raise BenchError(f"{tool} is missing: `apt-get install valgrind`")
     counts: dict[str, float] = {}
     with ExitStack() as stack:
-        upstream = stack.enter_context(nginx_upstream(programs["nginx"], workdir / "upstream"))
-        bao = stack.enter_context(openbao(workdir / "openbao"))
-        bao.put_tenants(
-            {TENANT: {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "region": REGION}}
-        )
-        client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "domain": DOMAIN}
-        sim = stack.enter_context(simulator(workdir / "simulator", [client]))
-        config = {
-            "vault": {"address": bao.address, "auth": {"token": bao.root_token}},
-            "genesys": {
-                "api_url": upstream.url + "/api/{domain}",
-                "login_url": sim.login_url_template,
-            },
-        }
+        stand_ins = genesys_stand_ins(stack, programs["nginx"], workdir)
+        upstream, config = stand_ins.upstream, stand_ins.config
         for name in ("passthrough", "proxy"):
             work = workdir / name
             wrapper = _valgrind(work / "callgrind.out")

@@ -16,6 +16,7 @@ hits both alike.
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,6 +28,7 @@ from bench import report
 from bench.procs import BenchError, Resident, cpu_seconds, process_tree, resident
 from bench.services import (
     UPSTREAM_BODY,
+    Service,
     Simulator,
     http_get,
     nginx_proxy,
@@ -43,7 +45,6 @@ TENANT = "bench"
 REGION = "ap-south-1"
 DOMAIN = "aps1.pure.cloud"
 CLIENT_ID = "bench-client"
-CLIENT_SECRET = "fake-bench-secret"  # obviously fake: the simulator's test client
 REQUEST_PATH = "/api/v2/organizations/me"
 HEADERS = {"X-Tenant-ID": TENANT}
 PATHS = ("direct", "nginx", "passthrough", "proxy")
@@ -110,28 +111,44 @@ class Rig:
         return next(target for target in self.targets if target.name == name)
 
 
+@dataclass(frozen=True)
+class StandIns:
+    """Genesys and Vault stand-ins for the bench tenant, and the proxy config that uses them."""
+
+    upstream: Service
+    simulator: Simulator
+    config: dict[str, Any]
+
+
+def genesys_stand_ins(stack: ExitStack, nginx: str, workdir: Path) -> StandIns:
+    """nginx as Genesys' API, OpenBao holding the bench tenant, the simulator as its login service.
+
+    The client secret is made up per run: only this run's simulator knows it.
+    """
+    upstream = stack.enter_context(nginx_upstream(nginx, workdir / "upstream"))
+    bao = stack.enter_context(openbao(workdir / "openbao"))
+    secret = secrets.token_urlsafe(24)
+    bao.put_tenants({TENANT: {"client_id": CLIENT_ID, "client_secret": secret, "region": REGION}})
+    client = {"client_id": CLIENT_ID, "client_secret": secret, "domain": DOMAIN}
+    sim = stack.enter_context(simulator(workdir / "simulator", [client]))
+    # Only what the setup needs: every other key keeps the default a user would have.
+    config = {
+        "vault": {"address": bao.address, "auth": {"token": bao.root_token}},
+        "genesys": {"api_url": upstream.url + "/api/{domain}", "login_url": sim.login_url_template},
+    }
+    return StandIns(upstream, sim, config)
+
+
 @contextmanager
 def rig(workdir: Path, programs: dict[str, str]) -> Iterator[Rig]:
     """Start the upstream, nginx as a proxy, OpenBao, the simulator and the proxy; check answers."""
     with ExitStack() as stack:
-        upstream = stack.enter_context(nginx_upstream(programs["nginx"], workdir / "upstream"))
+        stand_ins = genesys_stand_ins(stack, programs["nginx"], workdir)
+        upstream, sim = stand_ins.upstream, stand_ins.simulator
         limit = stack.enter_context(
             nginx_proxy(programs["nginx"], workdir / "nginx-proxy", upstream.port, DOMAIN)
         )
-        bao = stack.enter_context(openbao(workdir / "openbao"))
-        record = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "region": REGION}
-        bao.put_tenants({TENANT: record})
-        client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "domain": DOMAIN}
-        sim = stack.enter_context(simulator(workdir / "simulator", [client]))
-        # Only what the setup needs: every other key keeps the default a user would have.
-        config = {
-            "vault": {"address": bao.address, "auth": {"token": bao.root_token}},
-            "genesys": {
-                "api_url": upstream.url + "/api/{domain}",
-                "login_url": sim.login_url_template,
-            },
-        }
-        proxy = stack.enter_context(token_proxy(workdir / "proxy", config))
+        proxy = stack.enter_context(token_proxy(workdir / "proxy", stand_ins.config))
         plain = stack.enter_context(
             passthrough(workdir / "passthrough", f"{upstream.url}/api/{DOMAIN}")
         )

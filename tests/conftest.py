@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import hvac
 import hvac.exceptions
 import pytest
@@ -47,6 +48,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 OPENBAO_ROOT_TOKEN = "root"
 OPENBAO_START_TIMEOUT = 20.0
+
+
+async def relay_to_vault(upstream: str, request: web.Request) -> web.Response:
+    """Pass `request` on to the Vault at `upstream` and its answer back (for fault relays)."""
+    headers = {k: v for k, v in request.headers.items() if k.lower().startswith("x-vault")}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            request.method,
+            upstream + request.rel_url.raw_path_qs,
+            headers=headers,
+            data=await request.read(),
+        ) as answer,
+    ):
+        return web.Response(
+            status=answer.status, body=await answer.read(), content_type="application/json"
+        )
 
 
 def find_free_port() -> int:

@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.simulator import GenesysSimulator
 from proxy.tenants.tokens import BACKOFF_BASE
-from tests.conftest import OpenBao, ProxyHarness, TenantInfo, start_openbao, stop_openbao
+from tests.conftest import (
+    OpenBao,
+    ProxyHarness,
+    TenantInfo,
+    relay_to_vault,
+    start_openbao,
+    stop_openbao,
+)
 
 REGION = "ap-south-1"
 ME = "/api/v2/organizations/me"
@@ -82,19 +88,7 @@ class VaultFaults:
     async def _handle(self, request: web.Request) -> web.Response:
         if self.status is not None:
             return web.json_response({"errors": ["simulated failure"]}, status=self.status)
-        headers = {k: v for k, v in request.headers.items() if k.lower().startswith("x-vault")}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                self.upstream + request.rel_url.raw_path_qs,
-                headers=headers,
-                data=await request.read(),
-            ) as answer,
-        ):
-            return web.Response(
-                status=answer.status, body=await answer.read(), content_type="application/json"
-            )
+        return await relay_to_vault(self.upstream, request)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,7 @@ from tests.test_lifecycle import ROOT, command
 
 pytestmark = pytest.mark.slow
 
-CLIENT_ID, CLIENT_SECRET = "client-signals", "fake-secret-signals-7261"
+CLIENT_ID, CLIENT_SECRET = "client-signals", secrets.token_urlsafe(24)  # made up per run
 
 
 class Daemon:

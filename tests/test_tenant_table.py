@@ -11,14 +11,13 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import OAUTH
 from proxy.regions import resolve_region
-from tests.conftest import FakeClock, OpenBao, ProxyHarness
+from tests.conftest import FakeClock, OpenBao, ProxyHarness, relay_to_vault
 from tests.scrape import scrape
 
 ME = "/api/v2/organizations/me"
@@ -187,19 +186,7 @@ class GatedVault:
             await self.release.wait()
             if self.fail_held:
                 return web.json_response({"errors": ["simulated outage"]}, status=503)
-        headers = {k: v for k, v in request.headers.items() if k.lower().startswith("x-vault")}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                self.upstream + request.rel_url.raw_path_qs,
-                headers=headers,
-                data=await request.read(),
-            ) as answer,
-        ):
-            return web.Response(
-                status=answer.status, body=await answer.read(), content_type="application/json"
-            )
+        return await relay_to_vault(self.upstream, request)
 
 
 @pytest.fixture
